@@ -1,0 +1,364 @@
+"""Celeriac, the app: configuration, the task registry, and sending tasks.
+
+Nothing connects at import time: the broker and the result store open on first use, once per
+process, and again after a fork.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+
+from celeriac import signals
+from celeriac.backend import ResultStore
+from celeriac.config import DEFAULT_BROKER_URL, Settings
+from celeriac.errors import ConfigurationError, NotRegistered
+from celeriac.message import Message, encode
+from celeriac.routing import build_message_fields, route_queue
+from celeriac.task import TASK_OPTIONS, Task, current_request
+from celeriac.transports import Transport, open_transport
+
+if TYPE_CHECKING:
+    from celeriac.result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger(__name__)
+
+
+class Celeriac:
+    """An application: settings, registered tasks, and the way to the broker."""
+
+    def __init__(
+        self,
+        main: str | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: Iterable[str] | None = None,
+        *,
+        set_as_current: bool = True,
+        **settings: Any,
+    ) -> None:
+        self.main = main
+        self.conf = Settings()
+        if settings:
+            self.conf.update(settings)
+        if broker is not None:
+            self.conf.broker_url = broker
+        if backend is not None:
+            self.conf.result_backend = backend
+        if include is not None:
+            self.conf.include = list(include)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._autodiscover: list[tuple[Callable[[], Iterable[str]] | Iterable[str], str]] = []
+        self._finalized = False
+        self._lock = threading.RLock()
+        self._broker: Transport | None = None
+        self._results: ResultStore | None = None
+        self._pid = os.getpid()
+        _register_app(self, set_as_current)
+        for fn, options in list(_shared_tasks):
+            self._register(fn, options)
+
+    # -- configuration ------------------------------------------------------------------
+
+    def config_from_object(
+        self, obj: Any, namespace: str | None = None, silent: bool = False
+    ) -> None:
+        """Load settings from a module path, ``"module:attribute"``, an object or a dict."""
+        self.conf.config_from_object(obj, namespace=namespace, silent=silent)
+        self._reset_connections()
+
+    @property
+    def broker_url(self) -> str:
+        """The broker URL in force (the embedded SQLite file when none is configured)."""
+        return str(self.conf.broker_url or DEFAULT_BROKER_URL)
+
+    @property
+    def result_backend_url(self) -> str:
+        """The result store URL in force (the broker's when none is configured)."""
+        return str(self.conf.result_backend or self.broker_url)
+
+    # -- connections --------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Transport:
+        """The broker transport, opened on first use in this process."""
+        self._check_fork()
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    self._broker = open_transport(
+                        self.broker_url, dict(self.conf.broker_transport_options or {})
+                    )
+        return self._broker
+
+    @property
+    def results(self) -> ResultStore:
+        """The result store, opened on first use; shares the broker when URLs match."""
+        self._check_fork()
+        if self._results is None:
+            with self._lock:
+                if self._results is None:
+                    self._results = self._open_results()
+        return self._results
+
+    def _open_results(self) -> ResultStore:
+        if self.result_backend_url == self.broker_url:
+            transport = self.broker
+        else:
+            options = dict(self.conf.result_backend_transport_options or {})
+            transport = open_transport(self.result_backend_url, options)
+        conf = self.conf
+        return ResultStore(
+            transport,
+            serializer=conf.result_serializer,
+            accept=conf.result_accept_content or conf.accept_content,
+            expires=conf.result_expires,
+        )
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._broker = self._results = None
+            self._lock = threading.RLock()
+            self._pid = os.getpid()
+
+    def _reset_connections(self) -> None:
+        with self._lock:
+            if self._results is not None and self._results.transport is not self._broker:
+                self._results.transport.close()
+            if self._broker is not None:
+                self._broker.close()
+            self._broker = self._results = None
+
+    def close(self) -> None:
+        """Close the broker and result store connections."""
+        self._reset_connections()
+
+    # -- tasks --------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self, *, bind: Literal[True], **options: Any
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+    @overload
+    def task(
+        self, *, bind: Literal[False] = False, **options: Any
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``."""
+        _check_task_options(options)
+        if fn is not None:
+            return self._register(fn, options)
+
+        def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+            return self._register(f, options)
+
+        return decorate
+
+    def _register(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task[Any, Any]:
+        if not callable(fn):
+            raise TypeError(f"@task decorates a function, not {fn!r}")
+        options = dict(options)
+        name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
+        base: type[Task[Any, Any]] = options.pop("base", None) or Task
+        options.pop("shared", None)
+        existing = self.tasks.get(name)
+        if existing is not None and getattr(existing, "__wrapped__", None) is fn:
+            return existing
+        task = base(self, fn, name, **options)
+        self.tasks[name] = task
+        return task
+
+    def finalize(self) -> None:
+        """Import task modules: ``imports``, ``include`` and what autodiscovery finds."""
+        with self._lock:
+            if self._finalized:
+                return
+            self._finalized = True
+        from celeriac.contrib.django.fixup import setup_if_configured
+
+        setup_if_configured(self)
+        for module in [*self.conf.imports, *self.conf.include]:
+            importlib.import_module(module)
+        for packages, related_name in self._autodiscover:
+            names = packages() if callable(packages) else packages
+            _import_related(names, related_name)
+        signals.import_modules.send(sender=self)
+
+    def autodiscover_tasks(
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str = "tasks",
+        force: bool = False,
+    ) -> None:
+        """Import ``<package>.tasks`` for each package (Django's INSTALLED_APPS by default).
+
+        Discovery runs when the app is finalized (a worker starts, or a task name is looked
+        up), so it is safe to call before Django has loaded its apps.
+        """
+        if packages is None:
+            from celeriac.contrib.django.fixup import installed_app_names
+
+            packages = installed_app_names
+        self._autodiscover.append((packages, related_name))
+        if force or self._finalized:
+            names = packages() if callable(packages) else packages
+            _import_related(names, related_name)
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task registered as ``name``; finalizes the app first if needed."""
+        task = self.tasks.get(name)
+        if task is None and not self._finalized:
+            self.finalize()
+            task = self.tasks.get(name)
+        if task is None:
+            raise NotRegistered(name)
+        return task
+
+    # -- sending ------------------------------------------------------------------------
+
+    def build_message(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> Message:
+        """The message that ``send_task`` would publish, with routing and defaults applied."""
+        options["queue"] = route_queue(self, name, task, args, kwargs, options)
+        fields = build_message_fields(self, task, options, current_request())
+        return Message.new(name, tuple(args or ()), dict(kwargs or {}), **fields)
+
+    def send_task(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Publish a task by name; returns its AsyncResult. Nothing is sent if encoding fails."""
+        from celeriac.result import AsyncResult
+
+        _check_call_arguments(name, args, kwargs)
+        message = self.build_message(name, args, kwargs, task=task, **options)
+        serializer = options.get("serializer") or (task and task.serializer)
+        body = encode(message, serializer or self.conf.task_serializer)
+        signals.before_task_publish.send(sender=name, message=message, body=body)
+        self.broker.publish(
+            message.queue, body, due=message.due_timestamp(), priority=message.priority
+        )
+        signals.after_task_publish.send(sender=name, message=message)
+        return AsyncResult(message.id, self, name)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+        """A result handle for a task id."""
+        from celeriac.result import AsyncResult
+
+        return AsyncResult(task_id, self)
+
+    def __repr__(self) -> str:
+        return f"<Celeriac {self.main or '__main__'}:{id(self):#x}>"
+
+
+# -- the current app and shared tasks ----------------------------------------------------
+
+_apps: list[Celeriac] = []
+_current_app: Celeriac | None = None
+_shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+
+
+def _register_app(app: Celeriac, set_as_current: bool) -> None:
+    global _current_app
+    _apps.append(app)
+    if set_as_current or _current_app is None:
+        _current_app = app
+
+
+def current_app() -> Celeriac:
+    """The app most recently created (a default one is made when there is none)."""
+    if _current_app is None:
+        Celeriac("default")
+    assert _current_app is not None
+    return _current_app
+
+
+@overload
+def shared_task(fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def shared_task(
+    *, bind: Literal[True], **options: Any
+) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+
+@overload
+def shared_task(
+    *, bind: Literal[False] = False, **options: Any
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """A task for reusable code: registered with every app, now and later."""
+    _check_task_options(options)
+
+    def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+        _shared_tasks.append((f, options))
+        for app in _apps:
+            app._register(f, options)
+        return current_app()._register(f, options)
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def _check_task_options(options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(TASK_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"unknown task option(s): {', '.join(unknown)}; known: {', '.join(TASK_OPTIONS)}"
+        )
+
+
+def _check_call_arguments(name: Any, args: Any, kwargs: Any) -> None:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a task name must be a non-empty string, not {name!r}")
+    if args is not None and (isinstance(args, str | bytes | dict) or not _iterable(args)):
+        raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+
+
+def _iterable(value: Any) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _import_related(packages: Iterable[str], related_name: str) -> None:
+    """Import ``package.related_name`` where it exists; re-raise errors inside it."""
+    for package in packages:
+        module = f"{package}.{related_name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (module, package):
+                raise
+        except ImportError as exc:
+            raise ConfigurationError(f"cannot import {module}: {exc}") from exc

@@ -1,0 +1,292 @@
+"""Task: a plain function registered with an app, and the request it runs under.
+
+``add.delay(2, 2)`` passes only the user's arguments; options go through
+``add.apply_async(args, kwargs, countdown=..., queue=...)``, so the two never collide.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
+
+from celeriac.errors import MaxRetriesExceededError, Retry
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.message import Message
+    from celeriac.result import AsyncResult, EagerResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Request:
+    """What a running task knows about the call that started it (``self.request``)."""
+
+    id: str | None = None
+    task: str | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    eta: datetime | None = None
+    expires: datetime | None = None
+    group: str | None = None
+    group_index: int | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    hostname: str | None = None
+    delivery_info: dict[str, Any] = field(default_factory=dict)
+    is_eager: bool = False
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    chain: list[dict[str, Any]] | None = None
+    chord: dict[str, Any] | None = None
+    timelimit: tuple[float | None, float | None] = (None, None)
+    origin: str | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    argsrepr: str | None = None
+    kwargsrepr: str | None = None
+    shadow: str | None = None
+    ignore_result: bool = False
+    headers: dict[str, Any] = field(default_factory=dict)
+    called_directly: bool = True
+    lang: str = "py"
+    #: the decoded message behind this request (None when called directly)
+    message: Message | None = None
+
+    @classmethod
+    def from_message(
+        cls, message: Message, hostname: str | None, delivery_info: dict[str, Any], eager: bool
+    ) -> Request:
+        """The request for a message about to run."""
+        return cls(
+            id=message.id,
+            task=message.task,
+            args=list(message.args),
+            kwargs=dict(message.kwargs),
+            retries=message.retries,
+            eta=message.eta,
+            expires=message.expires,
+            group=message.group,
+            group_index=message.group_index,
+            root_id=message.root_id,
+            parent_id=message.parent_id,
+            hostname=hostname,
+            delivery_info=delivery_info,
+            is_eager=eager,
+            callbacks=message.callbacks,
+            errbacks=message.errbacks,
+            chain=message.chain,
+            chord=message.chord,
+            timelimit=message.timelimit,
+            origin=message.origin,
+            reply_to=message.reply_to,
+            correlation_id=message.correlation_id,
+            argsrepr=message.argsrepr,
+            kwargsrepr=message.kwargsrepr,
+            shadow=message.shadow,
+            ignore_result=message.ignore_result,
+            headers=dict(message.headers),
+            called_directly=False,
+            message=message,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The request's fields (without the message object)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "message"}
+
+    def __repr__(self) -> str:
+        return f"<Context: {self.as_dict()!r}>"
+
+
+_current: contextvars.ContextVar[tuple[Task[Any, Any], Request] | None] = contextvars.ContextVar(
+    "celeriac_current_task", default=None
+)
+
+
+def current_request() -> Request | None:
+    """The request of the task running in this thread or coroutine, if any."""
+    running = _current.get()
+    return running[1] if running else None
+
+
+def current_task() -> Task[Any, Any] | None:
+    """The task running in this thread or coroutine, if any."""
+    running = _current.get()
+    return running[0] if running else None
+
+
+def push_request(task: Task[Any, Any], request: Request) -> contextvars.Token[Any]:
+    """Make ``request`` the current one; returns the token to pop it."""
+    return _current.set((task, request))
+
+
+def pop_request(token: contextvars.Token[Any]) -> None:
+    """Undo ``push_request``."""
+    _current.reset(token)
+
+
+#: Task options accepted by ``@app.task(...)``, with their defaults on the class.
+TASK_OPTIONS = (
+    "name", "bind", "base", "max_retries", "default_retry_delay", "autoretry_for",
+    "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "acks_late",
+    "ignore_result", "time_limit", "soft_time_limit", "queue", "priority", "expires",
+    "track_started", "serializer", "rate_limit", "typing", "shared", "store_errors_even_if_ignored",
+)  # fmt: skip
+
+
+class Task(Generic[P, R]):
+    """A registered function with its options; call ``delay`` to run it on a worker."""
+
+    name: str = ""
+    app: Celeriac
+    run: Callable[..., Any]
+    bind: bool = False
+    max_retries: int | None = 3
+    default_retry_delay: float = 180.0
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: dict[str, Any] = {}  # noqa: RUF012 - read-only class default
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    acks_late: bool | None = None
+    ignore_result: bool | None = None
+    store_errors_even_if_ignored: bool | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    queue: str | None = None
+    priority: int | None = None
+    expires: float | datetime | None = None
+    track_started: bool | None = None
+    serializer: str | None = None
+    rate_limit: str | None = None
+    typing: bool = True
+
+    def __init__(self, app: Celeriac, fn: Callable[..., Any], name: str, **options: Any) -> None:
+        self.app = app
+        self.name = name
+        self.run = fn
+        self.__wrapped__ = fn
+        self.__doc__ = fn.__doc__
+        self.__module__ = fn.__module__
+        for key, value in options.items():
+            setattr(self, key, value)
+
+    # -- calling ------------------------------------------------------------------------
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now, as a plain call."""
+        if self.bind:
+            result: R = self.run(self, *args, **kwargs)
+        else:
+            result = self.run(*args, **kwargs)
+        return result
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task to a worker with these arguments."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Send the task with options: countdown, eta, expires, queue, priority, task_id, ..."""
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        return self.app.send_task(self.name, args, kwargs, task=self, **options)
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> EagerResult[R]:
+        """Run the task in this process, as a worker would, and return its result."""
+        from celeriac.trace import apply_eagerly
+
+        return apply_eagerly(self, args, kwargs, **options)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+        """A result handle for one of this task's ids."""
+        from celeriac.result import AsyncResult
+
+        return AsyncResult(task_id, self.app, self.name)
+
+    # -- inside a running task ----------------------------------------------------------
+
+    @property
+    def request(self) -> Request:
+        """The request this task runs under (an empty one when called directly)."""
+        running = _current.get()
+        if running is not None and running[0] is self:
+            return running[1]
+        return Request(task=self.name)
+
+    def retry(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> NoReturn:
+        """Run this task again later; raises ``Retry`` for the worker to act on."""
+        request = self.request
+        if request.called_directly or request.message is None:
+            if exc is not None:
+                raise exc
+            raise RuntimeError("retry() is only possible for a task sent to a worker")
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"can't retry {self.name}[{request.id}]: max retries ({limit}) exceeded"
+            )
+        if eta is None:
+            delay = self.default_retry_delay if countdown is None else countdown
+            eta = datetime.now(UTC) + timedelta(seconds=float(delay))
+        changes: dict[str, Any] = {"retries": request.retries + 1, "eta": eta}
+        if args is not None:
+            changes["args"] = tuple(args)
+        if kwargs is not None:
+            changes["kwargs"] = dict(kwargs)
+        for key in ("queue", "priority"):
+            if key in options:
+                changes[key] = options[key]
+        signal = Retry(exc=exc, when=eta)
+        signal.message = request.message.replace(**changes)
+        raise signal
+
+    def backoff_delay(self, retries: int) -> float:
+        """The countdown before retry number ``retries + 1`` under ``retry_backoff``."""
+        if not self.retry_backoff:
+            return float(self.retry_kwargs.get("countdown", self.default_retry_delay))
+        factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        delay = min(factor * (2**retries), float(self.retry_backoff_max))
+        if self.retry_jitter:
+            delay = random.uniform(0, delay)
+        return delay
+
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None
+    ) -> None:
+        """Store a state (often a custom one such as ``PROGRESS``) for this task."""
+        task_id = task_id or self.request.id
+        if not task_id:
+            raise ValueError("update_state() needs a task id outside a running task")
+        self.app.results.store(task_id, state or "PENDING", meta, name=self.name)
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name} of {self.app.main}>"

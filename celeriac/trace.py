@@ -1,0 +1,143 @@
+"""Running one task under its request: the outcome a worker (or eager mode) acts on."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celeriac import signals, states
+from celeriac.backend import format_traceback
+from celeriac.errors import Ignore, Reject, Retry
+from celeriac.task import Request, Task, pop_request, push_request
+
+if TYPE_CHECKING:
+    from celeriac.message import Message
+    from celeriac.result import EagerResult
+
+IGNORED = "IGNORED"  #: the task raised Ignore: store nothing
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What running a task came to: a state, a value or an exception, and what to do next."""
+
+    state: str
+    result: Any = None
+    traceback: str | None = None
+    runtime: float = 0.0
+    #: for RETRY: the message of the next attempt
+    retry_message: Message | None = None
+    #: for REJECTED: put the message back instead of dead-lettering it
+    requeue: bool = False
+
+
+def call_task(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Call the function; a coroutine function runs to completion on an event loop."""
+    value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
+    if inspect.iscoroutine(value):
+        return asyncio.run(value)
+    return value
+
+
+def trace_task(task: Task[Any, Any], request: Request) -> Outcome:
+    """Run ``task`` under ``request`` with signals, retries and error capture."""
+    token = push_request(task, request)
+    send = {"sender": task, "task_id": request.id, "task": task}
+    signals.task_prerun.send(**send, args=request.args, kwargs=request.kwargs)
+    started = time.perf_counter()
+    try:
+        outcome = _run(task, request)
+    finally:
+        pop_request(token)
+    outcome.runtime = time.perf_counter() - started
+    signals.task_postrun.send(
+        **send, args=request.args, kwargs=request.kwargs, retval=outcome.result,
+        state=outcome.state,
+    )  # fmt: skip
+    return outcome
+
+
+def _run(task: Task[Any, Any], request: Request) -> Outcome:
+    """Call the task and classify how it ended."""
+    try:
+        value = call_task(task, request.args, request.kwargs)
+    except Retry as retry:
+        return _retried(task, request, retry)
+    except Ignore:
+        return Outcome(IGNORED)
+    except Reject as reject:
+        return Outcome(states.REJECTED, reject, requeue=reject.requeue)
+    except Exception as exc:
+        if task.autoretry_for and isinstance(exc, task.autoretry_for):
+            return _autoretry(task, request, exc)
+        return _failed(task, request, exc)
+    signals.task_success.send(sender=task, result=value)
+    return Outcome(states.SUCCESS, value)
+
+
+def _autoretry(task: Task[Any, Any], request: Request, exc: Exception) -> Outcome:
+    """Retry after an exception listed in ``autoretry_for``, with backoff."""
+    options = dict(task.retry_kwargs)
+    options.setdefault("countdown", task.backoff_delay(request.retries))
+    token = push_request(task, request)
+    try:
+        task.retry(exc=exc, **options)
+    except Retry as retry:
+        return _retried(task, request, retry)
+    except Exception as final:
+        return _failed(task, request, final)
+    finally:
+        pop_request(token)
+
+
+def _retried(task: Task[Any, Any], request: Request, retry: Retry) -> Outcome:
+    """The outcome of a retry; a Retry raised without a next message is a failure."""
+    if retry.message is None:
+        return _failed(task, request, RuntimeError("Retry raised without a message to send"))
+    reason = retry.exc if retry.exc is not None else retry
+    signals.task_retry.send(sender=task, request=request, reason=reason)
+    tb = format_traceback(retry.exc) if retry.exc is not None else None
+    return Outcome(states.RETRY, reason, tb, retry_message=retry.message)
+
+
+def _failed(task: Task[Any, Any], request: Request, exc: BaseException) -> Outcome:
+    """The outcome of a task that raised."""
+    text = format_traceback(exc)
+    signals.task_failure.send(
+        sender=task, task_id=request.id, exception=exc, args=request.args,
+        kwargs=request.kwargs, traceback=text,
+    )  # fmt: skip
+    return Outcome(states.FAILURE, exc, text)
+
+
+def apply_eagerly(
+    task: Task[Any, Any],
+    args: tuple[Any, ...] | list[Any] | None,
+    kwargs: dict[str, Any] | None,
+    **options: Any,
+) -> EagerResult[Any]:
+    """Run a task in this process as a worker would; retries run again at once."""
+    from celeriac.result import EagerResult
+
+    message = task.app.build_message(task.name, args, kwargs, task=task, **options)
+    while True:
+        request = Request.from_message(message, None, {"routing_key": message.queue}, eager=True)
+        outcome = trace_task(task, request)
+        if outcome.state != states.RETRY or outcome.retry_message is None:
+            break
+        message = outcome.retry_message
+    throw = options.get("throw", task.app.conf.task_eager_propagates)
+    if outcome.state == states.FAILURE and throw:
+        raise outcome.result
+    meta = {
+        "task_id": message.id,
+        "status": states.SUCCESS if outcome.state == IGNORED else outcome.state,
+        "result": outcome.result,
+        "traceback": outcome.traceback,
+        "name": task.name,
+        "retries": message.retries,
+    }
+    return EagerResult(message.id, meta, task.app, task.name)

@@ -1,0 +1,226 @@
+"""The transport contract: where bytes live. A transport knows nothing of tasks.
+
+A transport offers three things, and every engine passes the same contract test suite
+(``tests/transports/test_contract.py``):
+
+Queues with leases
+    ``publish`` puts a body on a queue with a due time (``due``, seconds since the epoch, judged
+    by the broker's clock; ``None`` means now) and a priority (0-9, 9 most urgent). ``fetch``
+    hands out up to ``limit`` deliverable messages (due, not leased), most urgent first, then in
+    publish order, each leased to the caller for ``lease`` seconds and with its delivery count
+    raised by one. The holder of a lease ends it with exactly one of:
+
+    - ``ack``: done, the message is deleted;
+    - ``release``: given back; without a reason the delivery is not counted (work handed back
+      unstarted), with a reason it counts as a failed delivery;
+    - ``retry``: back on the queue at a new due time, optionally with a new body, delivery
+      count reset (a task-level retry is a successful delivery);
+    - ``dead_letter``: moved to the dead-letter queue with a reason code.
+
+    Every one of these is conditional on still holding the lease and returns ``False`` when the
+    lease was lost (expired and taken by another worker, or already ended). ``extend`` renews
+    leases and returns the deliveries still held. A lease that runs out makes the message
+    deliverable again; a message whose delivery count has reached ``max_deliveries`` when its
+    lease runs out (or is released with a reason) goes to the dead-letter queue instead, with
+    its history.
+
+Keys
+    ``put`` (with an optional time to live), ``get``, ``delete``, ``incr`` and ``wait``, which
+    blocks until a key exists (results, chord counters, revocations, control replies).
+
+Topics
+    ``broadcast`` appends to a topic; ``listen`` returns a subscription that yields what is
+    broadcast after it was opened (events, remote control).
+
+Transports open their connections on first use, once per process, and again after a fork.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_PRIORITY = 9
+DEFAULT_LEASE = 30.0
+DEFAULT_MAX_DELIVERIES = 3
+DEAD_LETTER_QUEUE = "celeriac.dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message handed to one consumer under a lease.
+
+    ``message_id`` names the message in the broker; ``lease`` is the token that proves the
+    holder still owns it; ``deliveries`` counts the times it was handed out (1 on first fetch).
+    """
+
+    queue: str
+    body: bytes
+    message_id: str
+    lease: str
+    deliveries: int
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message moved to the dead-letter queue, with why and what happened to it."""
+
+    message_id: str
+    queue: str
+    body: bytes
+    reason: str
+    deliveries: int
+    dead_at: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Subscription(abc.ABC):
+    """What ``Transport.listen`` returns: the bodies broadcast on some topics since it opened."""
+
+    @abc.abstractmethod
+    def get(self, timeout: float | None = None) -> list[tuple[str, bytes]]:
+        """Return ``(topic, body)`` pairs broadcast since the last call; wait up to ``timeout``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop listening."""
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Transport(abc.ABC):
+    """The base class of every engine; see the module docstring for the contract."""
+
+    #: URL schemes this engine answers to.
+    schemes: tuple[str, ...] = ()
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.options = dict(options or {})
+        self.max_deliveries = int(self.options.get("max_deliveries", DEFAULT_MAX_DELIVERIES))
+        if self.max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1")
+
+    # -- queues ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def publish(
+        self, queue: str, body: bytes, *, due: float | None = None, priority: int = 0
+    ) -> str:
+        """Put ``body`` on ``queue``; return the message id."""
+
+    def publish_many(
+        self, items: Iterable[tuple[str, bytes, float | None, int]]
+    ) -> list[str]:
+        """Publish ``(queue, body, due, priority)`` items; engines batch this."""
+        return [self.publish(q, b, due=d, priority=p) for q, b, d, p in items]
+
+    @abc.abstractmethod
+    def fetch(
+        self,
+        queues: Sequence[str],
+        limit: int = 1,
+        timeout: float = 0.0,
+        lease: float = DEFAULT_LEASE,
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` deliverable messages; wait up to ``timeout`` for the first."""
+
+    @abc.abstractmethod
+    def ack(self, delivery: Delivery) -> bool:
+        """Delete a delivered message; ``False`` if the lease was lost."""
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Acknowledge several deliveries; engines batch this."""
+        return [self.ack(d) for d in deliveries]
+
+    @abc.abstractmethod
+    def release(self, delivery: Delivery, reason: str | None = None) -> bool:
+        """Give a delivery back; with ``reason`` it counts as a failed delivery."""
+
+    @abc.abstractmethod
+    def retry(self, delivery: Delivery, due: float | None, body: bytes | None = None) -> bool:
+        """Put a delivered message back at ``due``, with a new body if given."""
+
+    @abc.abstractmethod
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[Delivery]:
+        """Renew leases for ``lease`` seconds from now; return those still held."""
+
+    @abc.abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        """Move a delivered message to the dead-letter queue."""
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+
+    @abc.abstractmethod
+    def redrive(self, message_id: str) -> bool:
+        """Put a dead letter back on its queue with a fresh delivery count."""
+
+    @abc.abstractmethod
+    def size(self, queue: str) -> int:
+        """Messages on ``queue`` that are not acknowledged (ready, delayed or leased)."""
+
+    @abc.abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete the messages of ``queue`` that are not leased; return how many."""
+
+    # -- keys -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``, expiring after ``ttl`` seconds if given."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The value under ``key``, or ``None``."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present."""
+
+    @abc.abstractmethod
+    def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Add ``amount`` to the integer under ``key`` (0 if absent); return the new value."""
+
+    def wait(self, key: str, timeout: float | None = None) -> bytes | None:
+        """Block until ``key`` exists; return its value, or ``None`` after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while True:
+            value = self.get(key)
+            if value is not None:
+                return value
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                pause = min(pause, left)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    # -- topics ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def broadcast(self, topic: str, body: bytes) -> None:
+        """Append ``body`` to ``topic`` for every current listener."""
+
+    @abc.abstractmethod
+    def listen(self, topics: Sequence[str]) -> Subscription:
+        """Subscribe to ``topics`` from now on."""
+
+    # -- life -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release connections; the transport reopens them if used again."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"

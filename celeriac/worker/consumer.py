@@ -1,0 +1,372 @@
+"""The consumer: fetches leased work, feeds the pool, stores results and acknowledges.
+
+Three threads in the worker process share the work:
+
+- the fetcher takes deliveries from the broker while there is room in the prefetch budget;
+- the lease keeper renews the leases of everything held, on its own schedule, so that a
+  busy main loop cannot let a lease lapse;
+- the main loop (``run``) validates what was fetched, hands jobs to idle pool slots and
+  finishes what the pool reports: store the result, then ack / retry / dead-letter.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celeriac import signals, states
+from celeriac.errors import MessageError, TimeLimitExceeded, WorkerLostError
+from celeriac.message import Message, decode
+from celeriac.transports.base import DEFAULT_LEASE, Delivery
+from celeriac.worker.execute import JobDone
+from celeriac.worker.pools import Event, Job, Pool
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+
+logger = logging.getLogger("celeriac.worker")
+
+
+@dataclass(slots=True)
+class Inflight:
+    """A delivery this worker holds: buffered, or running in the pool."""
+
+    delivery: Delivery
+    message: Message
+    body: bytes
+    acked: bool = False
+
+
+class Consumer:
+    """Moves work between the broker and the pool; owns every lease the worker holds."""
+
+    def __init__(
+        self,
+        app: Celeriac,
+        pool: Pool,
+        events: queue.SimpleQueue[Event],
+        queues: list[str],
+        hostname: str,
+    ) -> None:
+        self.app = app
+        self.pool = pool
+        self.events = events
+        self.queues = queues
+        self.hostname = hostname
+        conf = app.conf
+        options = conf.broker_transport_options or {}
+        self.lease = float(options.get("lease_timeout", DEFAULT_LEASE))
+        multiplier = conf.worker_prefetch_multiplier
+        self.budget = pool.concurrency * max(1, multiplier)
+        self.accept = conf.accept_content
+        self.inflight: dict[int, Inflight] = {}
+        self.buffer: collections.deque[int] = collections.deque()
+        self.processed = 0
+        self._held = 0  # deliveries fetched and not yet finished (the fetcher's budget)
+        self._held_lock = threading.Lock()
+        self._room = threading.Event()
+        self._next_id = 0
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- the threads ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the fetcher and the lease keeper."""
+        for target, name in ((self._fetch_loop, "fetcher"), (self._lease_loop, "lease-keeper")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _fetch_loop(self) -> None:
+        broker = self.app.broker
+        while not self.stopping.is_set():
+            with self._held_lock:
+                room = self.budget - self._held
+                self._room.clear()
+            if room <= 0:
+                self._room.wait(0.5)
+                continue
+            try:
+                deliveries = broker.fetch(self.queues, limit=room, timeout=1.0, lease=self.lease)
+            except Exception:
+                logger.exception("fetching from the broker failed; trying again in 1s")
+                self.stopping.wait(1.0)
+                continue
+            if deliveries:
+                with self._held_lock:
+                    self._held += len(deliveries)
+                self.events.put(("fetched", deliveries))
+
+    def _lease_loop(self) -> None:
+        broker = self.app.broker
+        while not self.stopping.wait(self.lease / 3):
+            held = [item.delivery for item in list(self.inflight.values()) if not item.acked]
+            if not held:
+                continue
+            try:
+                kept = {d.lease for d in broker.extend(held, self.lease)}
+            except Exception:
+                logger.exception("renewing leases failed")
+                continue
+            for delivery in held:
+                if delivery.lease not in kept:
+                    logger.warning("lease lost on message %s", delivery.message_id)
+
+    # -- the main loop --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Work until ``stop()``; returns once running jobs are finished and results stored."""
+        while not self.stopping.is_set():
+            self._step(timeout=0.5)
+        self._wind_down()
+
+    def _step(self, timeout: float) -> None:
+        self._dispatch()
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            event = None
+        batch: list[Event] = [event] if event is not None else []
+        while len(batch) < 256:
+            try:
+                batch.append(self.events.get_nowait())
+            except queue.Empty:
+                break
+        self._handle(batch)
+        self.pool.check()
+
+    def _handle(self, batch: list[Event]) -> None:
+        finished: list[JobDone] = []
+        for event in batch:
+            kind = event[0]
+            if kind == "fetched":
+                self._accept(event[1])
+            elif kind == "done":
+                finished.append(event[1])
+            elif kind == "lost":
+                self._lost(event[1], event[2])
+            elif kind == "timeout":
+                self._timed_out(event[1])
+        if finished:
+            self._finish(finished)
+
+    def _dispatch(self) -> None:
+        while self.buffer and self.pool.idle() > 0 and not self.stopping.is_set():
+            job_id = self.buffer.popleft()
+            item = self.inflight[job_id]
+            task = self.app.tasks.get(item.message.task)
+            if task is not None and task.acks_late is False:
+                item.acked = self.app.broker.ack(item.delivery)
+            delivery_info = {
+                "routing_key": item.delivery.queue,
+                "priority": item.delivery.priority,
+                "redelivered": item.delivery.deliveries > 1,
+                "delivery_count": item.delivery.deliveries,
+            }
+            self.pool.submit(Job(job_id, item.message, item.body, delivery_info))
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def _accept(self, deliveries: list[Delivery]) -> None:
+        """Validate fetched messages; refuse the bad ones, buffer the good ones."""
+        for delivery in deliveries:
+            try:
+                message = decode(delivery.body, self.accept)
+            except MessageError as exc:
+                self._refuse(delivery, exc.reason, exc.detail)
+                continue
+            if message.task not in self.app.tasks:
+                self._refuse(delivery, "unknown_task", f"no task named {message.task!r}")
+                continue
+            if message.is_expired():
+                self._expire(delivery, message)
+                continue
+            logger.info("Received task: %s[%s]", message.task, message.id)
+            signals.task_received.send(sender=self, message=message)
+            self._next_id += 1
+            self.inflight[self._next_id] = Inflight(delivery, message, delivery.body)
+            self.buffer.append(self._next_id)
+
+    def _refuse(self, delivery: Delivery, reason: str, detail: str) -> None:
+        """Dead-letter a message this worker cannot run; one log line, then go on."""
+        logger.error(
+            "Dead-lettered message %s from queue %s: %s (%s)",
+            delivery.message_id, delivery.queue, reason, detail,
+        )  # fmt: skip
+        self.app.broker.dead_letter(delivery, reason)
+        signals.task_rejected.send(sender=self, delivery=delivery, reason=reason)
+        self._release_budget(1)
+
+    def _expire(self, delivery: Delivery, message: Message) -> None:
+        logger.info("Discarding expired task: %s[%s]", message.task, message.id)
+        self.app.results.store(
+            message.id, states.REVOKED, {"exc_type": "TaskRevokedError", "exc_message": "expired"},
+            name=message.task,
+        )  # fmt: skip
+        self.app.broker.ack(delivery)
+        signals.task_revoked.send(sender=self, request=message, expired=True)
+        self._release_budget(1)
+
+    # -- finishing ------------------------------------------------------------------------
+
+    def _finish(self, batch: list[JobDone]) -> None:
+        """Store results, then acknowledge: a result is never lost behind an ack."""
+        to_ack: list[Delivery] = []
+        for done in batch:
+            item = self.inflight.pop(done.job_id, None)
+            if item is None:
+                continue
+            self._log_outcome(item.message, done)
+            if done.meta is not None:
+                self.app.results.transport.put(
+                    _meta_key(item.message.id), done.meta, self.app.results.expires
+                )
+            if not self._settle(item, done):
+                to_ack.append(item.delivery)
+        if to_ack:
+            for delivery, ok in zip(to_ack, self.app.broker.ack_many(to_ack), strict=True):
+                if not ok:
+                    logger.warning("ack of %s refused: its lease was lost", delivery.message_id)
+        self.processed += len(batch)
+        self._release_budget(len(batch))
+
+    def _settle(self, item: Inflight, done: JobDone) -> bool:
+        """End the delivery for retries and rejections; False means: acknowledge it."""
+        if item.acked:
+            if done.state == states.RETRY and done.retry_body is not None:
+                self.app.broker.publish(
+                    item.delivery.queue, done.retry_body, due=done.retry_due,
+                    priority=item.delivery.priority,
+                )  # fmt: skip
+            return True
+        broker = self.app.broker
+        if done.state == states.RETRY and done.retry_body is not None:
+            broker.retry(item.delivery, done.retry_due, done.retry_body)
+            return True
+        if done.state == states.REJECTED:
+            if done.requeue:
+                broker.release(item.delivery)
+            else:
+                broker.dead_letter(item.delivery, done.reason or "rejected")
+            return True
+        return False
+
+    def _lost(self, job_id: int, how: str) -> None:
+        """The process running a job died: count a failed delivery (dead-letter at budget)."""
+        item = self.inflight.pop(job_id, None)
+        if item is None:
+            return
+        message, delivery = item.message, item.delivery
+        logger.error("Process running %s[%s] died (%s)", message.task, message.id, how)
+        if delivery.deliveries >= self.app.broker.max_deliveries:
+            self._store_failure(message, WorkerLostError(f"worker process died ({how})"))
+        if not item.acked:
+            self.app.broker.release(delivery, reason="worker_lost")
+        self._release_budget(1)
+
+    def _timed_out(self, job_id: int) -> None:
+        """A job passed its hard time limit: record the failure; it is not redelivered."""
+        item = self.inflight.pop(job_id, None)
+        if item is None:
+            return
+        limit = item.message.timelimit[0]
+        logger.error(
+            "Hard time limit (%ss) exceeded for %s[%s]", limit, item.message.task, item.message.id
+        )
+        self._store_failure(item.message, TimeLimitExceeded(f"hard time limit ({limit}s)"))
+        if not item.acked:
+            self.app.broker.ack(item.delivery)
+        self._release_budget(1)
+
+    def _store_failure(self, message: Message, exc: Exception) -> None:
+        self.app.results.store(
+            message.id, states.FAILURE, exc, name=message.task, worker=self.hostname
+        )
+
+    def _release_budget(self, count: int) -> None:
+        with self._held_lock:
+            self._held -= count
+        self._room.set()
+
+    def _log_outcome(self, message: Message, done: JobDone) -> None:
+        name, task_id = message.task, message.id
+        if done.state == states.SUCCESS:
+            logger.info(
+                "Task %s[%s] succeeded in %ss: %s", name, task_id, done.runtime, done.summary
+            )
+        elif done.state == states.FAILURE:
+            logger.error("Task %s[%s] raised unexpected: %s", name, task_id, done.summary)
+        elif done.state == states.RETRY:
+            logger.info("Task %s[%s] retry: %s", name, task_id, done.summary)
+        elif done.state == states.REJECTED:
+            logger.warning("Task %s[%s] rejected: %s", name, task_id, done.reason)
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop fetching; running jobs finish, buffered ones are handed back."""
+        self.stopping.set()
+        self._room.set()
+
+    def _wind_down(self) -> None:
+        for thread in self._threads:
+            thread.join(2.0)
+        self._handle(_drain(self.events))
+        self._give_back_buffer()
+
+    def _give_back_buffer(self) -> None:
+        """Hand back work that was fetched but never started, without counting a delivery."""
+        released = 0
+        while self.buffer:
+            item = self.inflight.pop(self.buffer.popleft())
+            if not item.acked:
+                self.app.broker.release(item.delivery)
+                released += 1
+        if released:
+            logger.info("Handed back %d prefetched task(s) to the broker", released)
+
+    def wait_running(self, timeout: float) -> None:
+        """Finish jobs still running in the pool, up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        announced = 0.0
+        while self.inflight and time.monotonic() < deadline:
+            if time.monotonic() - announced > 5:
+                names = ", ".join(f"{i.message.task}[{i.message.id}]" for i in self.inflight.values())
+                logger.info("Waiting for %d running task(s) to finish: %s", len(self.inflight), names)
+                announced = time.monotonic()
+            self._handle(_drain(self.events, timeout=0.2))
+            self.pool.check()
+
+    def abandon_running(self, reason: str) -> None:
+        """Give back jobs that were still running when the worker had to stop."""
+        for item in list(self.inflight.values()):
+            if not item.acked:
+                self.app.broker.release(item.delivery, reason=reason)
+        self.inflight.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for logs and monitoring."""
+        return {"processed": self.processed, "inflight": len(self.inflight)}
+
+
+def _drain(events: queue.SimpleQueue[Event], timeout: float = 0.0) -> list[Event]:
+    batch: list[Event] = []
+    try:
+        batch.append(events.get(timeout=timeout) if timeout else events.get_nowait())
+        while True:
+            batch.append(events.get_nowait())
+    except queue.Empty:
+        pass
+    return batch
+
+
+def _meta_key(task_id: str) -> str:
+    from celeriac.backend import meta_key
+
+    return meta_key(task_id)

@@ -1,0 +1,229 @@
+"""Execution pools: where jobs run. Every pool reports to the consumer through one queue.
+
+Events a pool puts on the queue::
+
+    ("done", JobDone)                 a job finished (any state)
+    ("lost", job_id, description)     the process running a job died
+    ("timeout", job_id, limit)        a job passed its hard time limit and was stopped
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celeriac.errors import SoftTimeLimitExceeded
+from celeriac.worker.execute import JobDone, run_message
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.message import Message
+
+Event = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class Job:
+    """A message handed to a pool."""
+
+    job_id: int
+    message: Message
+    body: bytes
+    delivery: dict[str, Any]
+
+
+class Pool(abc.ABC):
+    """The pool interface the consumer drives."""
+
+    name = ""
+
+    def __init__(
+        self, app: Celeriac, concurrency: int, hostname: str, events: queue.SimpleQueue[Event]
+    ) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self.hostname = hostname
+        self.events = events
+
+    def start(self) -> None:
+        """Start the pool's threads or processes."""
+
+    @abc.abstractmethod
+    def submit(self, job: Job) -> None:
+        """Run a job; its outcome arrives later on the events queue."""
+
+    @abc.abstractmethod
+    def idle(self) -> int:
+        """How many more jobs the pool can start now."""
+
+    def check(self) -> None:
+        """Enforce hard time limits and notice dead processes (called often by the consumer)."""
+
+    @abc.abstractmethod
+    def stop(self, timeout: float) -> None:
+        """Let running jobs finish (up to ``timeout``), then stop."""
+
+    def terminate(self) -> None:
+        """Stop at once; running jobs are abandoned (their leases bring them back)."""
+        self.stop(0)
+
+    def info(self) -> str:
+        """A short description for the banner."""
+        return f"{self.concurrency} ({self.name})"
+
+
+@contextlib.contextmanager
+def soft_time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise SoftTimeLimitExceeded in this (main) thread after ``seconds``."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise SoftTimeLimitExceeded(f"soft time limit ({seconds}s) exceeded")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_job(app: Celeriac, job: Job, hostname: str) -> JobDone:
+    """Run one job with its soft time limit."""
+    with soft_time_limit(job.message.timelimit[1]):
+        return run_message(app, job.job_id, job.message, hostname, job.delivery)
+
+
+class SoloPool(Pool):
+    """Runs each job in the consumer's own thread, one at a time."""
+
+    name = "solo"
+
+    def __init__(
+        self, app: Celeriac, concurrency: int, hostname: str, events: queue.SimpleQueue[Event]
+    ) -> None:
+        super().__init__(app, 1, hostname, events)
+
+    def submit(self, job: Job) -> None:
+        """Run the job now."""
+        self.events.put(("done", run_job(self.app, job, self.hostname)))
+
+    def idle(self) -> int:
+        """Always free between jobs."""
+        return 1
+
+    def stop(self, timeout: float) -> None:
+        """Nothing runs in the background."""
+
+
+class ThreadPool(Pool):
+    """Runs jobs in N threads of the worker process."""
+
+    name = "threads"
+
+    def __init__(
+        self, app: Celeriac, concurrency: int, hostname: str, events: queue.SimpleQueue[Event]
+    ) -> None:
+        super().__init__(app, concurrency, hostname, events)
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the threads."""
+        for index in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._loop, name=f"ThreadPoolWorker-{index + 1}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                done = run_job(self.app, job, self.hostname)
+            except BaseException as exc:  # a bug of ours must not kill the thread silently
+                logging.getLogger(__name__).exception("job %s crashed the pool", job.job_id)
+                done = JobDone(job.job_id, "FAILURE", summary=repr(exc))
+            with self._lock:
+                self._busy -= 1
+            self.events.put(("done", done))
+
+    def submit(self, job: Job) -> None:
+        """Queue the job for the next free thread."""
+        with self._lock:
+            self._busy += 1
+        self._jobs.put(job)
+
+    def idle(self) -> int:
+        """Threads not running a job."""
+        return self.concurrency - self._busy
+
+    def stop(self, timeout: float) -> None:
+        """Ask every thread to finish after its current job and wait for them."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def create_pool(
+    kind: str, app: Celeriac, concurrency: int, hostname: str, events: queue.SimpleQueue[Event]
+) -> Pool:
+    """The pool named ``kind``: prefork, threads or solo."""
+    if kind == "prefork":
+        from celeriac.worker.prefork import PreforkPool
+
+        return PreforkPool(app, concurrency, hostname, events)
+    if kind == "threads":
+        return ThreadPool(app, concurrency, hostname, events)
+    if kind == "solo":
+        return SoloPool(app, concurrency, hostname, events)
+    raise ValueError(f"unknown pool {kind!r}; choose prefork, threads or solo")
+
+
+def redirect_stdouts(level: str) -> None:
+    """Send print() output of tasks to the log, as Celery does."""
+    sys.stdout = _LogWriter(logging.getLogger("celeriac.task.stdout"), level)  # type: ignore[assignment]
+
+
+class _LogWriter:
+    """A file-like object that logs each line written to it."""
+
+    def __init__(self, logger: logging.Logger, level: str) -> None:
+        self.logger = logger
+        self.level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+        self._buffer = ""
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        while "\n" in self._buffer:
+            line, self._buffer = self._buffer.split("\n", 1)
+            if line:
+                self.logger.log(self.level, line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buffer:
+            self.logger.log(self.level, self._buffer)
+            self._buffer = ""
+
+    def isatty(self) -> bool:
+        return False

@@ -1,0 +1,218 @@
+"""The prefork pool: N child processes, each running one job at a time.
+
+The consumer (in the parent) holds every lease and buffers prefetched work; a child gets a
+job only when it is idle, so a long task never holds short ones hostage. A collector thread
+waits on the children's pipes and process sentinels: results go to the consumer, a dead
+child is replaced and its job reported lost. Hard time limits are enforced by killing the
+child that passed its limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
+
+from celeriac import signals
+from celeriac.message import decode
+from celeriac.worker.execute import JobDone
+from celeriac.worker.pools import Event, Job, Pool, redirect_stdouts, run_job
+
+if TYPE_CHECKING:
+    import queue
+
+    from celeriac.app import Celeriac
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Child:
+    index: int
+    process: BaseProcess
+    conn: Connection
+    job_id: int | None = None
+    deadline: float | None = None
+    killed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PreforkPool(Pool):
+    """Child processes forked from the worker, replaced when they die."""
+
+    name = "prefork"
+
+    def __init__(
+        self, app: Celeriac, concurrency: int, hostname: str, events: queue.SimpleQueue[Event]
+    ) -> None:
+        super().__init__(app, concurrency, hostname, events)
+        self._ctx = multiprocessing.get_context("fork")
+        self._children: list[_Child] = []
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._collector: threading.Thread | None = None
+        self._counter = 0
+        # A pipe that wakes the collector when the set of children changes.
+        self._wake_r, self._wake_w = os.pipe()
+
+    # -- life ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Fork the children and start the collector thread."""
+        for _ in range(self.concurrency):
+            self._children.append(self._spawn())
+        self._collector = threading.Thread(target=self._collect, name="pool-collector", daemon=True)
+        self._collector.start()
+
+    def _spawn(self) -> _Child:
+        self._counter += 1
+        parent_end, child_end = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=_child_main,
+            args=(self.app, child_end, self.hostname, self._counter),
+            name=f"ForkPoolWorker-{self._counter}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        return _Child(self._counter, process, parent_end)
+
+    def submit(self, job: Job) -> None:
+        """Send the job to an idle child."""
+        with self._lock:
+            child = next(c for c in self._children if c.job_id is None and not c.killed)
+            child.job_id = job.job_id
+            hard = job.message.timelimit[0]
+            child.deadline = time.monotonic() + hard if hard else None
+        child.conn.send((job.job_id, job.body, job.delivery))
+
+    def idle(self) -> int:
+        """Children without a job."""
+        with self._lock:
+            return sum(1 for c in self._children if c.job_id is None and not c.killed)
+
+    def check(self) -> None:
+        """Kill children past their hard time limit; the job is reported as timed out."""
+        now = time.monotonic()
+        with self._lock:
+            late = [c for c in self._children if c.deadline is not None and c.deadline < now]
+            for child in late:
+                self.events.put(("timeout", child.job_id, child.deadline))
+                child.job_id = child.deadline = None
+                child.killed = True
+                _kill(child.process)
+
+    def stop(self, timeout: float) -> None:
+        """Ask idle children to exit, wait for busy ones up to ``timeout``, then kill."""
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            children = list(self._children)
+        for child in children:
+            try:
+                child.conn.send(None)
+            except OSError:
+                pass
+        for child in children:
+            child.process.join(max(0.0, deadline - time.monotonic()))
+        for child in children:
+            if child.process.is_alive():
+                _kill(child.process)
+                child.process.join(1)
+        os.write(self._wake_w, b"x")
+
+    def terminate(self) -> None:
+        """Kill every child now."""
+        self._stopping = True
+        for child in list(self._children):
+            _kill(child.process)
+        os.write(self._wake_w, b"x")
+
+    # -- the collector thread ------------------------------------------------------------
+
+    def _collect(self) -> None:
+        while not self._stopping:
+            with self._lock:
+                by_conn = {c.conn: c for c in self._children}
+                by_sentinel = {c.process.sentinel: c for c in self._children}
+            ready = wait([*by_conn, *by_sentinel, self._wake_r], timeout=1.0)
+            for item in ready:
+                if item == self._wake_r:
+                    os.read(self._wake_r, 64)
+                elif item in by_conn:
+                    self._receive(by_conn[item])  # type: ignore[index]
+            for item in ready:
+                if isinstance(item, int) and item in by_sentinel:
+                    self._reap(by_sentinel[item])
+
+    def _receive(self, child: _Child) -> None:
+        try:
+            done: JobDone = child.conn.recv()
+        except (EOFError, OSError):
+            return  # the child died; its sentinel reports it
+        with self._lock:
+            if child.job_id != done.job_id:
+                return  # already reported as timed out
+            child.job_id = child.deadline = None
+        self.events.put(("done", done))
+
+    def _reap(self, child: _Child) -> None:
+        """A child exited: report its job lost and start a replacement."""
+        child.process.join(0.1)
+        code = child.process.exitcode
+        with self._lock:
+            job_id = child.job_id
+            if child in self._children:
+                self._children.remove(child)
+        child.conn.close()
+        if job_id is not None:
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            self.events.put(("lost", job_id, f"{how}, pid {child.process.pid}"))
+        if not self._stopping:
+            replacement = self._spawn()
+            with self._lock:
+                self._children.append(replacement)
+
+    def pids(self) -> list[int]:
+        """The children's process ids."""
+        with self._lock:
+            return [c.process.pid for c in self._children if c.process.pid is not None]
+
+
+def _kill(process: BaseProcess) -> None:
+    if process.pid is not None and process.is_alive():
+        try:
+            os.kill(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _child_main(app: Celeriac, conn: Connection, hostname: str, index: int) -> None:
+    """A child's life: take a job, run it, send back what happened, until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if app.conf.worker_redirect_stdouts:
+        redirect_stdouts(app.conf.worker_redirect_stdouts_level)
+    signals.worker_process_init.send(sender=None)
+    accept = app.conf.accept_content
+    limit = app.conf.worker_max_tasks_per_child
+    done = 0
+    while limit is None or done < limit:
+        try:
+            item = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            break
+        if item is None:
+            break
+        job_id, body, delivery = item
+        message = decode(body, accept)
+        conn.send(run_job(app, Job(job_id, message, body, delivery), hostname))
+        done += 1
+    os._exit(0)

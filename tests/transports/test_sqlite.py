@@ -1,0 +1,205 @@
+"""What only the SQLite engine promises: several processes on one file, forks, file paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from celeriac.errors import TransportError
+from celeriac.transports import open_transport
+from celeriac.transports.sqlite import SQLiteTransport, _claim_sql
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PRODUCER = textwrap.dedent(
+    """
+    import sys
+    from celeriac.transports import open_transport
+
+    url, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    transport = open_transport(url)
+    for start in range(0, count, 100):
+        if start % 200:
+            transport.publish_many(
+                [("work", f"{name}-{i}".encode(), None, i % 3) for i in range(start, start + 100)]
+            )
+        else:
+            for i in range(start, start + 100):
+                transport.publish("work", f"{name}-{i}".encode(), priority=i % 3)
+    """
+)
+
+CONSUMER = textwrap.dedent(
+    """
+    import json, sys
+    from celeriac.transports import open_transport
+
+    transport = open_transport(sys.argv[1])
+    seen = []
+    while True:
+        deliveries = transport.fetch(["work"], limit=50, timeout=0.05)
+        if deliveries:
+            assert all(transport.ack_many(deliveries)), "lost a lease"
+            seen += [(d.message_id, d.body.decode(), d.deliveries) for d in deliveries]
+        elif transport.get("producers-done"):
+            break
+    print(json.dumps(seen))
+    """
+)
+
+
+def run_python(code: str, *args: str) -> subprocess.Popen[str]:
+    """Start a Python process that runs ``code`` against this checkout."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_processes_share_one_file_and_deliver_each_message_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    # Everyone starts on a file that does not exist yet: creating the schema is raced too.
+    consumers = [run_python(CONSUMER, url) for _ in range(2)]
+    producers = [run_python(PRODUCER, url, name, "2000") for name in ("p1", "p2")]
+    for producer in producers:
+        assert producer.wait(timeout=60) == 0
+    open_transport(url).put("producers-done", b"1")
+
+    seen = []
+    for consumer in consumers:
+        out, _ = consumer.communicate(timeout=60)
+        assert consumer.returncode == 0
+        seen += json.loads(out)
+
+    bodies = Counter(body for _, body, _ in seen)
+    expected = {f"{name}-{i}" for name in ("p1", "p2") for i in range(2000)}
+    assert set(bodies) == expected
+    assert max(bodies.values()) == 1
+    assert len({message_id for message_id, _, _ in seen}) == len(seen) == 4000
+    assert {deliveries for _, _, deliveries in seen} == {1}
+    assert open_transport(url).size("work") == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_reopens_the_connection(tmp_path: Path) -> None:
+    transport = SQLiteTransport(f"sqlite:///{tmp_path / 'fork.sqlite3'}")
+    transport.publish("work", b"for the child")
+    transport.put("parent", b"here")  # the connection is open before the fork
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            [delivery] = transport.fetch(["work"])
+            transport.ack(delivery)
+            transport.put("child", delivery.body)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+    # The parent's connection still works after the child used and left its own.
+    assert transport.get("child") == b"for the child"
+    assert transport.size("work") == 0
+    transport.publish("work", b"after")
+    assert [d.body for d in transport.fetch(["work"])] == [b"after"]
+
+
+def test_relative_path_is_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    transport = open_transport("sqlite:///relative.sqlite3")
+    transport.publish("work", b"x")
+    assert (tmp_path / "relative.sqlite3").exists()
+
+    # The path was fixed when the transport was made, not when it is used.
+    monkeypatch.chdir(tmp_path.parent)
+    assert transport.size("work") == 1
+    transport.close()
+    assert transport.size("work") == 1
+
+
+def test_absolute_path(tmp_path: Path) -> None:
+    path = tmp_path / "absolute.sqlite3"
+    transport = open_transport(f"sqlite:///{path}")
+    assert isinstance(transport, SQLiteTransport)
+    assert transport.path == str(path)
+    transport.publish("work", b"x")
+    assert path.exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite://:memory:", "sqlite://h/x"])
+def test_bad_sqlite_urls(url: str) -> None:
+    with pytest.raises(TransportError, match="sqlite:///"):
+        open_transport(url)
+
+
+def test_missing_directory_is_a_transport_error(tmp_path: Path) -> None:
+    transport = open_transport(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.sqlite3'}")
+    with pytest.raises(TransportError, match="cannot open"):
+        transport.publish("work", b"x")
+
+
+def test_file_is_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "wal.sqlite3"
+    open_transport(f"sqlite:///{path}").publish("work", b"x")
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("queues", [1, 3])
+def test_claim_reads_ready_messages_through_the_index(tmp_path: Path, queues: int) -> None:
+    path = tmp_path / "plan.sqlite3"
+    open_transport(f"sqlite:///{path}").publish("work", b"x")
+    with closing(sqlite3.connect(path)) as conn:
+        params = [0.0, *(["work", 1] * queues), 1]
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {_claim_sql(queues)}", params).fetchall()
+    details = [row[3] for row in plan]
+    assert sum("USING INDEX messages_ready" in d for d in details) == queues
+    assert not any(d.startswith("SCAN messages") for d in details)
+
+
+def test_expired_leases_are_reclaimed_only_now_and_then(tmp_path: Path) -> None:
+    transport = open_transport(f"sqlite:///{tmp_path / 'r.sqlite3'}", {"reclaim_interval": 0.5})
+    transport.publish("work", b"x")
+    start = time.monotonic()
+    assert transport.fetch(["work"], lease=0.05)
+    # The first fetch swept; the lease runs out at once, but the next sweep is 0.5 s later.
+    [again] = transport.fetch(["work"], timeout=3.0)
+    assert again.deliveries == 2
+    assert 0.45 <= time.monotonic() - start < 2.0
+
+
+def test_old_topic_rows_and_expired_keys_are_swept(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.sqlite3"
+    options = {"sweep_interval": 0, "topic_keep": 5}
+    transport = open_transport(f"sqlite:///{path}", options)
+    with transport.listen(["events"]) as subscription:
+        for i in range(20):
+            transport.broadcast("events", b"%d" % i)
+        assert len(subscription.get(timeout=1.0)) == 5  # a slow listener loses the oldest
+    transport.put("short", b"x", ttl=0.05)
+    time.sleep(0.1)
+    transport.put("long", b"x")
+
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM topics").fetchone()[0] == 5
+        assert conn.execute("SELECT key FROM keys").fetchall() == [("long",)]
+
+    aged = open_transport(f"sqlite:///{path}", {"sweep_interval": 0, "topic_max_age": 0.05})
+    time.sleep(0.1)
+    aged.broadcast("events", b"new")
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT body FROM topics").fetchall() == [(b"new",)]
