@@ -23,7 +23,7 @@ STAMP = VENV / ".celeriac-installed"
 
 def ensure_venv() -> None:
     """Create the virtual environment and install the project when pyproject.toml changed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         raise SystemExit("celeriac needs Python 3.11 or newer")
     if not PYTHON.exists():
         print(f"Creating {VENV} ...", flush=True)

@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
-from celeriac import states  # noqa: E402
-from celeriac.app import Celeriac, current_app, shared_task  # noqa: E402
-from celeriac.errors import (  # noqa: E402
+from celeriac import states
+from celeriac.app import Celeriac, current_app, shared_task
+from celeriac.errors import (
     CeleriacError,
     Ignore,
     MaxRetriesExceededError,
@@ -14,8 +14,8 @@ from celeriac.errors import (  # noqa: E402
     TaskError,
     TimeLimitExceeded,
 )
-from celeriac.result import AsyncResult  # noqa: E402
-from celeriac.task import Task  # noqa: E402
+from celeriac.result import AsyncResult
+from celeriac.task import Task
 
 __all__ = [
     "AsyncResult",

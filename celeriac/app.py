@@ -155,8 +155,9 @@ class Celeriac:
         self, *, bind: Literal[False] = False, **options: Any
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def task(self, *args: Any, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``."""
+        fn = _only_function(args)
         _check_task_options(options)
         if fn is not None:
             return self._register(fn, options)
@@ -265,7 +266,7 @@ class Celeriac:
         signals.after_task_publish.send(sender=name, message=message)
         return AsyncResult(message.id, self, name)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         """A result handle for a task id."""
         from celeriac.result import AsyncResult
 
@@ -313,8 +314,9 @@ def shared_task(
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
-def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+def shared_task(*args: Any, **options: Any) -> Any:
     """A task for reusable code: registered with every app, now and later."""
+    fn = _only_function(args)
     _check_task_options(options)
 
     def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -324,6 +326,13 @@ def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         return current_app()._register(f, options)
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _only_function(args: tuple[Any, ...]) -> Callable[..., Any] | None:
+    """The function of a bare ``@task``; options must be given by keyword."""
+    if len(args) > 1 or (args and not callable(args[0])):
+        raise TypeError("@task takes the function alone; give options by keyword")
+    return args[0] if args else None
 
 
 def _check_task_options(options: dict[str, Any]) -> None:

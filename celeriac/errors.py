@@ -107,15 +107,15 @@ _remote_classes: dict[str, type[TaskError]] = {}
 
 def remote_error(type_name: str, message: str, traceback: str | None = None) -> TaskError:
     """Build the error that stands for a remote exception, without importing anything."""
-    short = type_name.rsplit(".", 1)[-1]
-    cls = _remote_classes.get(short)
+    if "." in type_name:  # defined in some module: never imported, so a plain TaskError
+        return TaskError(type_name, message, traceback)
+    cls = _remote_classes.get(type_name)
     if cls is None:
-        builtin = getattr(builtins, short, None)
-        if _simple_builtin(builtin):
-            cls = type(f"Remote{short}", (TaskError, builtin), {"__module__": __name__})
-        else:
-            cls = TaskError
-        _remote_classes[short] = cls
+        builtin = getattr(builtins, type_name, None)
+        cls = TaskError
+        if isinstance(builtin, type) and _simple_builtin(builtin):
+            cls = type(f"Remote{type_name}", (TaskError, builtin), {"__module__": __name__})
+        _remote_classes[type_name] = cls
     return cls(type_name, message, traceback)
 
 

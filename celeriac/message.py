@@ -39,6 +39,7 @@ PROTOCOL_HEADERS = frozenset(
 )
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+_ID_TEXT = "an id of 1-200 characters [A-Za-z0-9._:-]"
 _NO_LIMITS: tuple[float | None, float | None] = (None, None)
 
 
@@ -220,19 +221,25 @@ def _is_id(value: Any) -> bool:
 
 def _is_count(value: Any) -> bool:
     """True for an int >= 0 (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and value is not True and value is not False and value >= 0
+
+
+# The checks below run for every message built or decoded: each tests the common case
+# (None, a default, an empty container) first, and loops or calls only past it.
 
 
 def _check_ids(m: Message) -> None:
     """Check the id fields and the task name."""
-    expected = "an id of 1-200 characters [A-Za-z0-9._:-]"
     if not _is_id(m.id):
-        raise _invalid("id", expected, m.id)
-    for name, value in (("root_id", m.root_id), ("parent_id", m.parent_id), ("group", m.group)):
-        if value is not None and not _is_id(value):
-            raise _invalid(name, f"None or {expected}", value)
+        raise _invalid("id", _ID_TEXT, m.id)
     if not (isinstance(m.task, str) and m.task):
         raise _invalid("task", "a non-empty str", m.task)
+    if m.root_id is not None and not _is_id(m.root_id):
+        raise _invalid("root_id", f"None or {_ID_TEXT}", m.root_id)
+    if m.parent_id is not None and not _is_id(m.parent_id):
+        raise _invalid("parent_id", f"None or {_ID_TEXT}", m.parent_id)
+    if m.group is not None and not _is_id(m.group):
+        raise _invalid("group", f"None or {_ID_TEXT}", m.group)
 
 
 def _check_values(m: Message) -> None:
@@ -243,21 +250,25 @@ def _check_values(m: Message) -> None:
         raise _invalid("retries", "an int >= 0", m.retries)
     if m.group_index is not None and not _is_count(m.group_index):
         raise _invalid("group_index", "None or an int >= 0", m.group_index)
-    for name, moment in (("eta", m.eta), ("expires", m.expires)):
-        if moment is not None and not _is_aware(moment):
-            raise _invalid(name, "None or an aware datetime", moment)
+    if m.eta is not None and not _is_aware(m.eta):
+        raise _invalid("eta", "None or an aware datetime", m.eta)
+    if m.expires is not None and not _is_aware(m.expires):
+        raise _invalid("expires", "None or an aware datetime", m.expires)
     if m.timelimit != _NO_LIMITS and not _is_timelimit(m.timelimit):
         raise _invalid("timelimit", "a (hard, soft) tuple of numbers >= 0 or None", m.timelimit)
-    if not isinstance(m.queue, str) or not m.queue:
+    if not (isinstance(m.queue, str) and m.queue):
         raise _invalid("queue", "a non-empty str", m.queue)
-    strings = (("argsrepr", m.argsrepr), ("kwargsrepr", m.kwargsrepr))
-    for name, text in (*strings, ("correlation_id", m.correlation_id)):
+    for name, text in (
+        ("argsrepr", m.argsrepr),
+        ("kwargsrepr", m.kwargsrepr),
+        ("correlation_id", m.correlation_id),
+    ):
         if not isinstance(text, str):
             raise _invalid(name, "a str", text)
     for name, optional in (("origin", m.origin), ("reply_to", m.reply_to), ("shadow", m.shadow)):
         if optional is not None and not isinstance(optional, str):
             raise _invalid(name, "None or a str", optional)
-    if not isinstance(m.ignore_result, bool):
+    if m.ignore_result is not False and m.ignore_result is not True:
         raise _invalid("ignore_result", "a bool", m.ignore_result)
 
 
@@ -289,16 +300,24 @@ def _check_containers(m: Message) -> None:
     """Check args, kwargs, the workflow fields and the user headers."""
     if not isinstance(m.args, tuple):
         raise _invalid("args", "a tuple", m.args)
-    if not isinstance(m.kwargs, dict) or not all(isinstance(k, str) for k in m.kwargs):
+    if not (isinstance(m.kwargs, dict) and (not m.kwargs or _has_str_keys(m.kwargs))):
         raise _invalid("kwargs", "a dict with str keys", m.kwargs)
-    for name, value in (("callbacks", m.callbacks), ("errbacks", m.errbacks), ("chain", m.chain)):
-        if value is not None and not _is_dict_list(value):
-            raise _invalid(name, "None or a list of signature dicts", value)
+    if m.callbacks is not None and not _is_dict_list(m.callbacks):
+        raise _invalid("callbacks", "None or a list of signature dicts", m.callbacks)
+    if m.errbacks is not None and not _is_dict_list(m.errbacks):
+        raise _invalid("errbacks", "None or a list of signature dicts", m.errbacks)
+    if m.chain is not None and not _is_dict_list(m.chain):
+        raise _invalid("chain", "None or a list of signature dicts", m.chain)
     if m.chord is not None and not isinstance(m.chord, dict):
         raise _invalid("chord", "None or a signature dict", m.chord)
-    if not isinstance(m.headers, dict) or not all(isinstance(k, str) for k in m.headers):
+    if not (isinstance(m.headers, dict) and (not m.headers or _has_str_keys(m.headers))):
         raise _invalid("headers", "a dict with str keys", m.headers)
     _check_user_headers(m.headers)
+
+
+def _has_str_keys(mapping: dict[Any, Any]) -> bool:
+    """True when every key of mapping is a str."""
+    return all(isinstance(key, str) for key in mapping)
 
 
 def _is_dict_list(value: Any) -> bool:

@@ -129,7 +129,7 @@ class AsyncResult(Generic[R]):
         self._meta = meta
         status = meta.get("status")
         if status == states.SUCCESS:
-            value: R = meta.get("result")
+            value: R = meta["result"]
             return value
         error = self.result
         if propagate:

@@ -113,9 +113,12 @@ def build_message_fields(
             ),
         ),
         "ignore_result": bool(
-            _first(options.get("ignore_result"), task and task.ignore_result,
-                   conf.task_ignore_result)
-        ),  # fmt: skip
+            _first(
+                options.get("ignore_result"),
+                task and task.ignore_result,
+                conf.task_ignore_result,
+            )
+        ),
         "headers": dict(options.get("headers") or {}),
         "group": options.get("group_id"),
         "group_index": options.get("group_index"),

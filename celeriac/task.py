@@ -203,6 +203,23 @@ class Task(Generic[P, R]):
             return self.apply(args, kwargs, **options)
         return self.app.send_task(self.name, args, kwargs, task=self, **options)
 
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Send the task once the current Django transaction commits (never on rollback)."""
+        from celeriac.contrib.django.transaction import on_commit
+
+        on_commit(lambda: self.apply_async(args, kwargs))
+
+    def apply_async_on_commit(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """``apply_async`` once the current Django transaction commits."""
+        from celeriac.contrib.django.transaction import on_commit
+
+        on_commit(lambda: self.apply_async(args, kwargs, **options))
+
     def apply(
         self,
         args: tuple[Any, ...] | list[Any] | None = None,
@@ -214,7 +231,7 @@ class Task(Generic[P, R]):
 
         return apply_eagerly(self, args, kwargs, **options)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         """A result handle for one of this task's ids."""
         from celeriac.result import AsyncResult
 
@@ -274,7 +291,7 @@ class Task(Generic[P, R]):
         if not self.retry_backoff:
             return float(self.retry_kwargs.get("countdown", self.default_retry_delay))
         factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
-        delay = min(factor * (2**retries), float(self.retry_backoff_max))
+        delay = min(factor * (2.0**retries), float(self.retry_backoff_max))
         if self.retry_jitter:
             delay = random.uniform(0, delay)
         return delay

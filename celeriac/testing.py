@@ -61,9 +61,9 @@ class WorkerThread:
         deadline = time.monotonic() + timeout
         pause = 0.001
         while True:
-            if not self.consumer.inflight and self.consumer.events.empty():
-                if all(self.app.broker.size(q) == 0 for q in self.queues):
-                    return
+            idle = not self.consumer.inflight and self.consumer.events.empty()
+            if idle and all(self.app.broker.size(q) == 0 for q in self.queues):
+                return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"work still pending after {timeout}s")
             time.sleep(pause)

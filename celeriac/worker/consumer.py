@@ -337,8 +337,9 @@ class Consumer:
         announced = 0.0
         while self.inflight and time.monotonic() < deadline:
             if time.monotonic() - announced > 5:
-                names = ", ".join(f"{i.message.task}[{i.message.id}]" for i in self.inflight.values())
-                logger.info("Waiting for %d running task(s) to finish: %s", len(self.inflight), names)
+                running = self.inflight.values()
+                names = ", ".join(f"{i.message.task}[{i.message.id}]" for i in running)
+                logger.info("Waiting for %d running task(s): %s", len(self.inflight), names)
                 announced = time.monotonic()
             self._handle(_drain(self.events, timeout=0.2))
             self.pool.check()

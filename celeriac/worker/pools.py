@@ -201,7 +201,7 @@ def create_pool(
 
 def redirect_stdouts(level: str) -> None:
     """Send print() output of tasks to the log, as Celery does."""
-    sys.stdout = _LogWriter(logging.getLogger("celeriac.task.stdout"), level)  # type: ignore[assignment]
+    sys.stdout = _LogWriter(logging.getLogger("celeriac.task.stdout"), level)
 
 
 class _LogWriter:

@@ -9,6 +9,7 @@ child that passed its limit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -116,10 +117,8 @@ class PreforkPool(Pool):
         with self._lock:
             children = list(self._children)
         for child in children:
-            try:
+            with contextlib.suppress(OSError):
                 child.conn.send(None)
-            except OSError:
-                pass
         for child in children:
             child.process.join(max(0.0, deadline - time.monotonic()))
         for child in children:
@@ -147,7 +146,7 @@ class PreforkPool(Pool):
                 if item == self._wake_r:
                     os.read(self._wake_r, 64)
                 elif item in by_conn:
-                    self._receive(by_conn[item])  # type: ignore[index]
+                    self._receive(by_conn[item])
             for item in ready:
                 if isinstance(item, int) and item in by_sentinel:
                     self._reap(by_sentinel[item])
@@ -188,10 +187,8 @@ class PreforkPool(Pool):
 
 def _kill(process: BaseProcess) -> None:
     if process.pid is not None and process.is_alive():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _child_main(app: Celeriac, conn: Connection, hostname: str, index: int) -> None:

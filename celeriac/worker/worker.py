@@ -93,7 +93,8 @@ class Worker:
             self.consumer.run()
             self.consumer.wait_running(self.shutdown_timeout)
             if self.consumer.inflight:
-                logger.warning("Shutdown timeout: giving back %d task(s)", len(self.consumer.inflight))
+                left = len(self.consumer.inflight)
+                logger.warning("Shutdown timeout: giving back %d running task(s)", left)
                 self.consumer.abandon_running("shutdown_timeout")
             pool.stop(timeout=2.0)
         finally:
@@ -141,12 +142,16 @@ class Worker:
             with open(self.pidfile, "x") as handle:
                 handle.write(f"{os.getpid()}\n")
         except FileExistsError:
-            with open(self.pidfile) as handle:
-                text = handle.read().strip()
-            if text.isdigit() and _alive(int(text)):
-                raise SystemExit(f"pidfile {self.pidfile} names a running process ({text})") from None
-            with open(self.pidfile, "w") as handle:
-                handle.write(f"{os.getpid()}\n")
+            self._replace_stale_pidfile()
+
+    def _replace_stale_pidfile(self) -> None:
+        assert self.pidfile is not None
+        with open(self.pidfile) as handle:
+            text = handle.read().strip()
+        if text.isdigit() and _alive(int(text)):
+            raise SystemExit(f"pidfile {self.pidfile} names a running process: {text}")
+        with open(self.pidfile, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
 
     def _remove_pidfile(self) -> None:
         if self.pidfile and os.path.exists(self.pidfile):

@@ -34,7 +34,7 @@ def start_worker(concurrency: int) -> subprocess.Popen[bytes]:
     """Start a real worker process in the data directory."""
     command = [
         sys.executable, "-m", "celeriac", "-A", "demo_tasks", "worker",
-        "--loglevel=warning", f"--concurrency={concurrency}",
+        "--loglevel=info", f"--concurrency={concurrency}", f"--logfile={DATA / 'worker.log'}",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(HERE))
     return subprocess.Popen(command, cwd=DATA, env=env)
@@ -83,7 +83,7 @@ def print_summary(
     print(f"  time        {elapsed:.2f} s, send to last result")
     print(f"  throughput  {total / elapsed:.0f} tasks/s (1 worker, {concurrency} processes)")
     print(f"  broker      {url} -> {DATA / 'celeriac.sqlite3'}")
-    print(f"  worker      stopped with SIGTERM, exit code {code}")
+    print(f"  worker      stopped with SIGTERM, exit code {code}; its log: {DATA / 'worker.log'}")
 
 
 if __name__ == "__main__":
