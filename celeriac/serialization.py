@@ -25,7 +25,9 @@ What comes back different, by design:
 - JSON turns non-str dict keys into str (``1`` becomes ``"1"``), as the json module does;
 - aware datetimes and times come back with a fixed ``datetime.timezone`` of the same offset,
   not their original tzinfo object; subclasses of the types above come back as the base type;
-- msgpack keeps str, bytes, int, float, bool and None dict keys; tuple keys cannot be read back.
+- msgpack keeps str, bytes, int, float, bool and None dict keys (tuple keys are written but
+  cannot be read back: do not use them), writes bytearray and memoryview as bytes, and carries
+  NaN and infinities, which JSON refuses.
 
 Anything else (objects, sets, NaN and infinities, circular structures, str with lone
 surrogates) raises SerializationError when dumped, naming the type and, where it can be found,
@@ -331,7 +333,7 @@ def _find(obj: Any, path: str, msgpack: bool, parents: set[int]) -> str | None:
         in_range = not msgpack or -(2**63) <= obj < 2**64
         return None if in_range else f"{path}: int out of msgpack's 64-bit range"
     if isinstance(obj, float):
-        return None if math.isfinite(obj) else f"{path}: {obj!r} is not allowed"
+        return None if msgpack or math.isfinite(obj) else f"{path}: {obj!r} is not allowed"
     if isinstance(obj, str):
         return None if _is_utf8(obj) else f"{path}: str with a lone surrogate cannot be UTF-8"
     if isinstance(obj, dict | list | tuple):
@@ -341,7 +343,7 @@ def _find(obj: Any, path: str, msgpack: bool, parents: set[int]) -> str | None:
         found = _find_in(obj, path, msgpack, parents)
         parents.discard(id(obj))
         return found
-    if _tag_of(obj) is not None:
+    if _tag_of(obj) is not None or (msgpack and isinstance(obj, bytearray | memoryview)):
         return None
     return f"{path}: cannot serialize an object of type {type(obj).__qualname__}"
 

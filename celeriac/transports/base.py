@@ -10,7 +10,8 @@ Queues with leases
     publish order, each leased to the caller for ``lease`` seconds and with its delivery count
     raised by one. The holder of a lease ends it with exactly one of:
 
-    - ``ack``: done, the message is deleted;
+    - ``ack``: done, the message is deleted (``complete`` also stores the task's result in
+      the same atomic step);
     - ``release``: given back; without a reason the delivery is not counted (work handed back
       unstarted), with a reason it counts as a failed delivery;
     - ``retry``: back on the queue at a new due time, optionally with a new body, delivery
@@ -38,6 +39,7 @@ Transports open their connections on first use, once per process, and again afte
 from __future__ import annotations
 
 import abc
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +49,9 @@ MAX_PRIORITY = 9
 DEFAULT_LEASE = 30.0
 DEFAULT_MAX_DELIVERIES = 3
 DEAD_LETTER_QUEUE = "celeriac.dead"
+
+#: ``(key, value, ttl)``: a key to write, as ``Transport.put`` takes it.
+KeyWrite = tuple[str, bytes, float | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,22 @@ class Transport(abc.ABC):
         """Acknowledge several deliveries; engines batch this."""
         return [self.ack(d) for d in deliveries]
 
+    def complete(self, items: Sequence[tuple[Delivery, KeyWrite | None]]) -> list[bool]:
+        """Acknowledge deliveries and store a key for each (a task's result), atomically.
+
+        For each item, when the lease is still held, the message is deleted and the key
+        written; when it was lost, nothing happens and the answer is ``False``: a worker that
+        lost its lease never overwrites the result of the worker that now owns the task.
+        Engines make each item (or the whole batch) one atomic step.
+        """
+        done = []
+        for delivery, write in items:
+            ok = self.ack(delivery)
+            if ok and write is not None:
+                self.put(*write)
+            done.append(ok)
+        return done
+
     @abc.abstractmethod
     def release(self, delivery: Delivery, reason: str | None = None) -> bool:
         """Give a delivery back; with ``reason`` it counts as a failed delivery."""
@@ -224,3 +245,92 @@ class Transport(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
+
+
+# -- argument checks shared by every engine ------------------------------------------------
+
+
+def check_message(queue: str, body: bytes, due: float | None, priority: int) -> None:
+    """Refuse a publish that no engine could store faithfully."""
+    check_name("queue", queue)
+    check_bytes("body", body)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be between 0 and {MAX_PRIORITY}, not {priority}")
+    check_due(due)
+
+
+def check_due(due: float | None) -> None:
+    """A due time is ``None`` or a finite number of seconds since the epoch."""
+    if due is None:
+        return
+    if isinstance(due, bool) or not isinstance(due, int | float):
+        raise TypeError(f"due must be seconds since the epoch, not {type(due).__name__}")
+    if not math.isfinite(due):
+        raise ValueError(f"due must be finite, not {due}")
+
+
+def check_fetch(queues: Sequence[str], limit: int, timeout: float, lease: float) -> list[str]:
+    """Validate fetch arguments; return the queue names, without duplicates."""
+    if isinstance(queues, str):
+        raise TypeError("queues must be a sequence of queue names, not one string")
+    names = list(dict.fromkeys(queues))
+    if not names:
+        raise ValueError("fetch needs at least one queue")
+    for name in names:
+        check_name("queue", name)
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    if not timeout >= 0:
+        raise ValueError(f"timeout must be zero or more, not {timeout}")
+    check_lease(lease)
+    return names
+
+
+def check_lease(lease: float) -> None:
+    """A lease is a positive, finite number of seconds."""
+    if not 0 < lease < math.inf:
+        raise ValueError(f"lease must be a positive number of seconds, not {lease}")
+
+
+def check_key(key: str, value: bytes, ttl: float | None) -> None:
+    """Validate the arguments of ``put`` and ``incr``."""
+    check_name("key", key)
+    check_bytes("value", value)
+    if ttl is not None and not 0 < ttl < math.inf:
+        raise ValueError(f"ttl must be a positive number of seconds, not {ttl}")
+
+
+def check_topic(topic: str, body: bytes) -> None:
+    """Validate the arguments of ``broadcast``."""
+    check_name("topic", topic)
+    check_bytes("body", body)
+
+
+def check_topics(topics: Sequence[str]) -> frozenset[str]:
+    """Validate the topics of ``listen``."""
+    if isinstance(topics, str):
+        raise TypeError("topics must be a sequence of topic names, not one string")
+    names = frozenset(topics)
+    if not names:
+        raise ValueError("listen needs at least one topic")
+    for name in names:
+        check_name("topic", name)
+    return names
+
+
+def check_bytes(what: str, value: bytes) -> None:
+    """Transports move bytes; serializing is the caller's job."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+
+
+def check_name(what: str, name: str) -> None:
+    """Queue, key and topic names are non-empty strings."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError(f"{what} must not be empty")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import threading
 import time
 import uuid
@@ -26,11 +25,19 @@ from typing import Any
 from celeriac.errors import TransportError
 from celeriac.transports.base import (
     DEFAULT_LEASE,
-    MAX_PRIORITY,
     DeadLetter,
     Delivery,
+    KeyWrite,
     Subscription,
     Transport,
+    check_bytes,
+    check_due,
+    check_fetch,
+    check_key,
+    check_lease,
+    check_message,
+    check_topic,
+    check_topics,
 )
 
 __all__ = ["MemoryTransport"]
@@ -295,6 +302,24 @@ class MemoryTransport(Transport):
             del self._broker.messages[message.id]
             return True
 
+    def complete(self, items: Sequence[tuple[Delivery, KeyWrite | None]]) -> list[bool]:
+        """Acknowledge and store results under one lock; a lost lease stores nothing."""
+        broker = self._broker
+        done: list[bool] = []
+        with broker.cond:
+            now = time.time()
+            for delivery, write in items:
+                message = broker.held(delivery)
+                if message is not None:
+                    del broker.messages[message.id]
+                    if write is not None:
+                        key, value, ttl = write
+                        check_key(key, value, ttl)
+                        broker.keys[key] = (value, None if ttl is None else now + ttl)
+                done.append(message is not None)
+            broker.cond.notify_all()
+        return done
+
     def release(self, delivery: Delivery, reason: str | None = None) -> bool:
         """Give a delivery back; with ``reason`` it counts as a failed delivery."""
         broker = self._broker
@@ -507,92 +532,6 @@ class _MemorySubscription(Subscription):
 def _event(name: str, message: _Message, reason: str) -> dict[str, Any]:
     """One entry of a message's history."""
     return {"at": time.time(), "event": name, "reason": reason, "deliveries": message.deliveries}
-
-
-def check_message(queue: str, body: bytes, due: float | None, priority: int) -> None:
-    """Refuse a publish that no engine could store faithfully."""
-    check_name("queue", queue)
-    check_bytes("body", body)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise TypeError(f"priority must be an int, not {type(priority).__name__}")
-    if not 0 <= priority <= MAX_PRIORITY:
-        raise ValueError(f"priority must be between 0 and {MAX_PRIORITY}, not {priority}")
-    check_due(due)
-
-
-def check_due(due: float | None) -> None:
-    """A due time is ``None`` or a finite number of seconds since the epoch."""
-    if due is None:
-        return
-    if isinstance(due, bool) or not isinstance(due, int | float):
-        raise TypeError(f"due must be seconds since the epoch, not {type(due).__name__}")
-    if not math.isfinite(due):
-        raise ValueError(f"due must be finite, not {due}")
-
-
-def check_fetch(queues: Sequence[str], limit: int, timeout: float, lease: float) -> list[str]:
-    """Validate fetch arguments; return the queue names, without duplicates."""
-    if isinstance(queues, str):
-        raise TypeError("queues must be a sequence of queue names, not one string")
-    names = list(dict.fromkeys(queues))
-    if not names:
-        raise ValueError("fetch needs at least one queue")
-    for name in names:
-        check_name("queue", name)
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, not {limit}")
-    if not timeout >= 0:
-        raise ValueError(f"timeout must be zero or more, not {timeout}")
-    check_lease(lease)
-    return names
-
-
-def check_lease(lease: float) -> None:
-    """A lease is a positive, finite number of seconds."""
-    if not 0 < lease < math.inf:
-        raise ValueError(f"lease must be a positive number of seconds, not {lease}")
-
-
-def check_key(key: str, value: bytes, ttl: float | None) -> None:
-    """Validate the arguments of ``put`` and ``incr``."""
-    check_name("key", key)
-    check_bytes("value", value)
-    if ttl is not None and not 0 < ttl < math.inf:
-        raise ValueError(f"ttl must be a positive number of seconds, not {ttl}")
-
-
-def check_topic(topic: str, body: bytes) -> None:
-    """Validate the arguments of ``broadcast``."""
-    check_name("topic", topic)
-    check_bytes("body", body)
-
-
-def check_topics(topics: Sequence[str]) -> frozenset[str]:
-    """Validate the topics of ``listen``."""
-    if isinstance(topics, str):
-        raise TypeError("topics must be a sequence of topic names, not one string")
-    names = frozenset(topics)
-    if not names:
-        raise ValueError("listen needs at least one topic")
-    for name in names:
-        check_name("topic", name)
-    return names
-
-
-def check_bytes(what: str, value: bytes) -> None:
-    """Transports move bytes; serializing is the caller's job."""
-    if not isinstance(value, bytes):
-        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
-
-
-def check_name(what: str, name: str) -> None:
-    """Queue, key and topic names are non-empty strings."""
-    if not isinstance(name, str):
-        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
-    if not name:
-        raise ValueError(f"{what} must not be empty")
 
 
 def _as_int(key: str, value: bytes) -> int:

@@ -38,8 +38,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from celeriac.errors import TransportError
-from celeriac.transports.base import DEFAULT_LEASE, DeadLetter, Delivery, Subscription, Transport
-from celeriac.transports.memory import (
+from celeriac.transports.base import (
+    DEFAULT_LEASE,
+    DeadLetter,
+    Delivery,
+    KeyWrite,
+    Subscription,
+    Transport,
     check_bytes,
     check_due,
     check_fetch,
@@ -108,6 +113,10 @@ _BURY_EXPIRED = f"""
     INSERT INTO dead_letters (id, queue, body, priority, reason, deliveries, dead_at, history)
     SELECT id, queue, body, priority, 'lease_expired', deliveries, :now, {_EXPIRED_EVENT}
     FROM messages WHERE state = 'leased' AND lease_until <= :now AND deliveries >= :max"""
+_PUT = (
+    "INSERT INTO keys (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key)"
+    " DO UPDATE SET value = excluded.value, expires = excluded.expires"
+)
 _ACK = "DELETE FROM messages WHERE id = :id AND lease = :lease"
 _EXTEND = "UPDATE messages SET lease_until = :until WHERE id = :id AND lease = :lease"
 _READY_ONE_QUEUE = """SELECT * FROM (
@@ -402,6 +411,24 @@ class SQLiteTransport(Transport):
                 done.append(held is not None and conn.execute(_ACK, held).rowcount == 1)
         return done
 
+    def complete(self, items: Sequence[tuple[Delivery, KeyWrite | None]]) -> list[bool]:
+        """Acknowledge and store results in one transaction; a lost lease stores nothing."""
+        if not items:
+            return []
+        done: list[bool] = []
+        with self._writing() as conn:
+            now = time.time()
+            for delivery, write in items:
+                held = _held(delivery)
+                ok = held is not None and conn.execute(_ACK, held).rowcount == 1
+                if ok and write is not None:
+                    key, value, ttl = write
+                    check_key(key, value, ttl)
+                    conn.execute(_PUT, (key, value, None if ttl is None else now + ttl))
+                done.append(ok)
+            self._sweep(conn, now)
+        return done
+
     def release(self, delivery: Delivery, reason: str | None = None) -> bool:
         """Give a delivery back; with ``reason`` it counts as a failed delivery."""
         held = _held(delivery)
@@ -547,11 +574,7 @@ class SQLiteTransport(Transport):
         check_key(key, value, ttl)
         with self._writing() as conn:
             now = time.time()
-            conn.execute(
-                "INSERT INTO keys (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key)"
-                " DO UPDATE SET value = excluded.value, expires = excluded.expires",
-                (key, value, None if ttl is None else now + ttl),
-            )
+            conn.execute(_PUT, (key, value, None if ttl is None else now + ttl))
             self._sweep(conn, now)
 
     def get(self, key: str) -> bytes | None:

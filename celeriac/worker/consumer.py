@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
+from celeriac.backend import meta_key
 from celeriac.errors import MessageError, TimeLimitExceeded, WorkerLostError
 from celeriac.message import Message, decode
-from celeriac.transports.base import DEFAULT_LEASE, Delivery
+from celeriac.transports.base import DEFAULT_LEASE, Delivery, KeyWrite
 from celeriac.worker.execute import JobDone
 from celeriac.worker.pools import Event, Job, Pool
 
@@ -217,45 +218,62 @@ class Consumer:
 
     def _finish(self, batch: list[JobDone]) -> None:
         """Store results, then acknowledge: a result is never lost behind an ack."""
-        to_ack: list[Delivery] = []
+        to_complete: list[tuple[Delivery, KeyWrite | None]] = []
         for done in batch:
             item = self.inflight.pop(done.job_id, None)
             if item is None:
                 continue
             self._log_outcome(item.message, done)
+            write = None
             if done.meta is not None:
-                self.app.results.transport.put(
-                    _meta_key(item.message.id), done.meta, self.app.results.expires
-                )
-            if not self._settle(item, done):
-                to_ack.append(item.delivery)
-        if to_ack:
-            for delivery, ok in zip(to_ack, self.app.broker.ack_many(to_ack), strict=True):
-                if not ok:
-                    logger.warning("ack of %s refused: its lease was lost", delivery.message_id)
+                write = (meta_key(item.message.id), done.meta, self.app.results.expires)
+            if self._settle(item, done, write):
+                continue
+            to_complete.append((item.delivery, write))
+        if to_complete:
+            self._complete(to_complete)
         self.processed += len(batch)
         self._release_budget(len(batch))
 
-    def _settle(self, item: Inflight, done: JobDone) -> bool:
-        """End the delivery for retries and rejections; False means: acknowledge it."""
+    def _complete(self, items: list[tuple[Delivery, KeyWrite | None]]) -> None:
+        """Ack and store results; one atomic step when results live in the broker."""
+        broker, store = self.app.broker, self.app.results.transport
+        if store is broker:
+            answers = broker.complete(items)
+        else:
+            for _, write in items:
+                if write is not None:
+                    store.put(*write)
+            answers = broker.ack_many([delivery for delivery, _ in items])
+        for (delivery, _), ok in zip(items, answers, strict=True):
+            if not ok:
+                logger.warning("ack of %s refused: its lease was lost", delivery.message_id)
+
+    def _settle(self, item: Inflight, done: JobDone, write: KeyWrite | None) -> bool:
+        """End deliveries that are not simply completed: retries, rejections, early acks.
+
+        Returns False when the delivery is left for ``_complete`` (ack + store, atomically).
+        """
+        broker = self.app.broker
+        retrying = done.state == states.RETRY and done.retry_body is not None
+        rejected = done.state == states.REJECTED
+        if not (item.acked or retrying or rejected):
+            return False
+        if write is not None:
+            self.app.results.transport.put(*write)
         if item.acked:
-            if done.state == states.RETRY and done.retry_body is not None:
-                self.app.broker.publish(
-                    item.delivery.queue, done.retry_body, due=done.retry_due,
+            if retrying:
+                broker.publish(
+                    item.delivery.queue, done.retry_body or b"", due=done.retry_due,
                     priority=item.delivery.priority,
                 )  # fmt: skip
-            return True
-        broker = self.app.broker
-        if done.state == states.RETRY and done.retry_body is not None:
+        elif retrying:
             broker.retry(item.delivery, done.retry_due, done.retry_body)
-            return True
-        if done.state == states.REJECTED:
-            if done.requeue:
-                broker.release(item.delivery)
-            else:
-                broker.dead_letter(item.delivery, done.reason or "rejected")
-            return True
-        return False
+        elif done.requeue:
+            broker.release(item.delivery)
+        else:
+            broker.dead_letter(item.delivery, done.reason or "rejected")
+        return True
 
     def _lost(self, job_id: int, how: str) -> None:
         """The process running a job died: count a failed delivery (dead-letter at budget)."""
@@ -366,8 +384,3 @@ def _drain(events: queue.SimpleQueue[Event], timeout: float = 0.0) -> list[Event
         pass
     return batch
 
-
-def _meta_key(task_id: str) -> str:
-    from celeriac.backend import meta_key
-
-    return meta_key(task_id)
