@@ -25,7 +25,7 @@ from celeriac import serialization
 from celeriac.errors import MessageError, SerializationError
 
 PROTOCOL_VERSION = 2
-DEFAULT_QUEUE = "celery"
+DEFAULT_QUEUE = "celeriac"
 MAX_PRIORITY = 9
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_REPR = 1024
@@ -169,7 +169,7 @@ class Message:
         kwargs: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> Message:
-        """A new message for task, with a fresh id, its root, reprs and origin filled in."""
+        """A new message: a fresh uuid4 id, root_id = id when there is no parent, reprs, origin."""
         args = tuple(args)
         kwargs = dict(kwargs) if kwargs else {}
         if "id" not in fields:
@@ -186,7 +186,7 @@ class Message:
         return dataclasses.replace(self, **changes)
 
     def is_expired(self, now: datetime | float | None = None) -> bool:
-        """True when the message has an expiry time and now (default: the clock) is past it."""
+        """True when now (a datetime or epoch seconds; default the clock) is at or past expires."""
         if self.expires is None:
             return False
         if now is None:

@@ -139,7 +139,12 @@ class Consumer:
                 batch.append(self.events.get_nowait())
             except queue.Empty:
                 break
-        self._handle(batch)
+        try:
+            self._handle(batch)
+        except Exception:
+            # Work popped from ``inflight`` is no longer renewed: its leases run out and
+            # the broker delivers it again. Nothing is lost; the worker goes on.
+            logger.exception("handling %d event(s) failed; their leases will expire", len(batch))
         self.pool.check()
 
     def _handle(self, batch: list[Event]) -> None:

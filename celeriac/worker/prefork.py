@@ -92,7 +92,11 @@ class PreforkPool(Pool):
             child.job_id = job.job_id
             hard = job.message.timelimit[0]
             child.deadline = time.monotonic() + hard if hard else None
-        child.conn.send((job.job_id, job.body, job.delivery))
+        try:
+            child.conn.send((job.job_id, job.body, job.delivery))
+        except OSError:
+            # The child died just now; the collector reaps it and reports the job lost.
+            logger.warning("pool process %s died before it could take a job", child.index)
 
     def idle(self) -> int:
         """Children without a job."""
