@@ -323,9 +323,33 @@ def shared_task(*args: Any, **options: Any) -> Any:
         _shared_tasks.append((f, options))
         for app in _apps:
             app._register(f, options)
-        return current_app()._register(f, options)
+        settings = {k: v for k, v in options.items() if k not in ("name", "base", "shared")}
+        name = options.get("name") or f"{f.__module__}.{f.__qualname__}"
+        return SharedTask(f, name, **settings)
 
     return decorate(fn) if fn is not None else decorate
+
+
+class SharedTask(Task[P, R]):
+    """What ``shared_task`` returns: the task as seen by whichever app is current when used."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, **options: Any) -> None:
+        self.name = name
+        self.run = fn
+        self.__wrapped__ = fn
+        self.__doc__ = fn.__doc__
+        self.__module__ = fn.__module__
+        for key, value in options.items():
+            setattr(self, key, value)
+
+    @property
+    def app(self) -> Celeriac:
+        """The current app, resolved at each use (Celery's shared_task does the same)."""
+        return current_app()
+
+    @app.setter
+    def app(self, value: Celeriac) -> None:
+        raise AttributeError("a shared task follows the current app; it cannot be bound")
 
 
 def _only_function(args: tuple[Any, ...]) -> Callable[..., Any] | None:

@@ -243,7 +243,7 @@ class Task(Generic[P, R]):
     def request(self) -> Request:
         """The request this task runs under (an empty one when called directly)."""
         running = _current.get()
-        if running is not None and running[0] is self:
+        if running is not None and (running[0] is self or running[0].name == self.name):
             return running[1]
         return Request(task=self.name)
 

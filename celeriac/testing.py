@@ -74,6 +74,7 @@ class WorkerThread:
         self.consumer.stop()
         self._thread.join(15)
         self.pool.stop(timeout=5)
+        self.consumer.close()
 
 
 @contextlib.contextmanager

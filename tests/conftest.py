@@ -10,6 +10,7 @@ import pytest
 from helpers import CELERIAC_ENV, WorkerProcess
 
 from celeriac import Celeriac
+from celeriac.testing import WorkerThread, start_worker
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -33,6 +34,40 @@ def app(no_celeriac_env: None, memory_url: str) -> Iterator[Celeriac]:
     application = Celeriac("test", broker=memory_url)
     yield application
     application.close()
+
+
+@pytest.fixture(scope="module")
+def _shared_worker() -> Iterator[tuple[Celeriac, WorkerThread]]:
+    with pytest.MonkeyPatch.context() as patch:
+        for name in CELERIAC_ENV:
+            patch.delenv(name, raising=False)
+        application = Celeriac(
+            "shared",
+            broker=f"memory://shared-{uuid.uuid4().hex}",
+            accept_content=["json", "msgpack"],
+            result_extended=True,
+        )
+        with start_worker(application, concurrency=4, queues=["celeriac", "other"]) as worker:
+            yield application, worker
+        application.close()
+
+
+@pytest.fixture
+def worker_app(_shared_worker: tuple[Celeriac, WorkerThread]) -> Iterator[Celeriac]:
+    """An app on a memory broker with a worker in a thread (4 threads, queues celeriac and
+    other), shared by the tests of a module: register tasks under names of the test's own.
+
+    Starting and stopping a worker costs about a second (see the report), so tests share one.
+    """
+    application, worker = _shared_worker
+    yield application
+    worker.join()
+
+
+@pytest.fixture
+def worker_thread(_shared_worker: tuple[Celeriac, WorkerThread]) -> WorkerThread:
+    """The worker behind ``worker_app``; ``join()`` waits until its queues are drained."""
+    return _shared_worker[1]
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from celeriac.errors import MessageError, TimeLimitExceeded, WorkerLostError
 from celeriac.message import Message, decode
 from celeriac.transports.base import DEFAULT_LEASE, Delivery, KeyWrite
 from celeriac.worker.execute import JobDone
+from celeriac.worker.finisher import Finisher
 from celeriac.worker.pools import Event, Job, Pool
 
 if TYPE_CHECKING:
@@ -74,11 +75,13 @@ class Consumer:
         self._next_id = 0
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.finisher = Finisher(app, self._release_budget)
 
     # -- the threads ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the fetcher and the lease keeper."""
+        """Start the fetcher, the lease keeper and the finisher."""
+        self.finisher.start()
         for target, name in ((self._fetch_loop, "fetcher"), (self._lease_loop, "lease-keeper")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -175,7 +178,8 @@ class Consumer:
                 "redelivered": item.delivery.deliveries > 1,
                 "delivery_count": item.delivery.deliveries,
             }
-            self.pool.submit(Job(job_id, item.message, item.body, delivery_info))
+            hard, soft = _limits(item.message, task, self.app)
+            self.pool.submit(Job(job_id, item.message, item.body, delivery_info, hard, soft))
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -224,6 +228,7 @@ class Consumer:
     def _finish(self, batch: list[JobDone]) -> None:
         """Store results, then acknowledge: a result is never lost behind an ack."""
         to_complete: list[tuple[Delivery, KeyWrite | None]] = []
+        settled = 0
         for done in batch:
             item = self.inflight.pop(done.job_id, None)
             if item is None:
@@ -233,26 +238,13 @@ class Consumer:
             if done.meta is not None:
                 write = (meta_key(item.message.id), done.meta, self.app.results.expires)
             if self._settle(item, done, write):
-                continue
-            to_complete.append((item.delivery, write))
+                settled += 1
+            else:
+                to_complete.append((item.delivery, write))
         if to_complete:
-            self._complete(to_complete)
+            self.finisher.submit(to_complete)  # releases their budget once written
         self.processed += len(batch)
-        self._release_budget(len(batch))
-
-    def _complete(self, items: list[tuple[Delivery, KeyWrite | None]]) -> None:
-        """Ack and store results; one atomic step when results live in the broker."""
-        broker, store = self.app.broker, self.app.results.transport
-        if store is broker:
-            answers = broker.complete(items)
-        else:
-            for _, write in items:
-                if write is not None:
-                    store.put(*write)
-            answers = broker.ack_many([delivery for delivery, _ in items])
-        for (delivery, _), ok in zip(items, answers, strict=True):
-            if not ok:
-                logger.warning("ack of %s refused: its lease was lost", delivery.message_id)
+        self._release_budget(settled)
 
     def _settle(self, item: Inflight, done: JobDone, write: KeyWrite | None) -> bool:
         """End deliveries that are not simply completed: retries, rejections, early acks.
@@ -298,7 +290,7 @@ class Consumer:
         item = self.inflight.pop(job_id, None)
         if item is None:
             return
-        limit = item.message.timelimit[0]
+        limit = _limits(item.message, self.app.tasks.get(item.message.task), self.app)[0]
         logger.error(
             "Hard time limit (%ss) exceeded for %s[%s]", limit, item.message.task, item.message.id
         )
@@ -367,6 +359,10 @@ class Consumer:
             self._handle(_drain(self.events, timeout=0.2))
             self.pool.check()
 
+    def close(self) -> None:
+        """Write the last results and acknowledgements; call once the pool has stopped."""
+        self.finisher.stop()
+
     def abandon_running(self, reason: str) -> None:
         """Give back jobs that were still running when the worker had to stop."""
         for item in list(self.inflight.values()):
@@ -389,3 +385,12 @@ def _drain(events: queue.SimpleQueue[Event], timeout: float = 0.0) -> list[Event
         pass
     return batch
 
+
+def _limits(message: Message, task: Any, app: Celeriac) -> tuple[float | None, float | None]:
+    """The hard and soft time limits in force: the message's, the task's, then the app's."""
+    hard, soft = message.timelimit
+    if hard is None:
+        hard = getattr(task, "time_limit", None) or app.conf.task_time_limit
+    if soft is None:
+        soft = getattr(task, "soft_time_limit", None) or app.conf.task_soft_time_limit
+    return hard, soft

@@ -39,6 +39,9 @@ class Job:
     message: Message
     body: bytes
     delivery: dict[str, Any]
+    #: the limits in force: the message's, else the task's, else the app's
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
 
 
 class Pool(abc.ABC):
@@ -102,7 +105,7 @@ def soft_time_limit(seconds: float | None) -> Iterator[None]:
 
 def run_job(app: Celeriac, job: Job, hostname: str) -> JobDone:
     """Run one job with its soft time limit."""
-    with soft_time_limit(job.message.timelimit[1]):
+    with soft_time_limit(job.soft_time_limit):
         return run_message(app, job.job_id, job.message, hostname, job.delivery)
 
 

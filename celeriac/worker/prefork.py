@@ -16,10 +16,10 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from celeriac import signals
 from celeriac.message import decode
@@ -42,7 +42,8 @@ class _Child:
     job_id: int | None = None
     deadline: float | None = None
     killed: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: jobs finished; at worker_max_tasks_per_child the child exits and gets no more work
+    done: int = 0
 
 
 class PreforkPool(Pool):
@@ -88,12 +89,12 @@ class PreforkPool(Pool):
     def submit(self, job: Job) -> None:
         """Send the job to an idle child."""
         with self._lock:
-            child = next(c for c in self._children if c.job_id is None and not c.killed)
+            child = next(c for c in self._children if self._available(c))
             child.job_id = job.job_id
-            hard = job.message.timelimit[0]
+            hard = job.time_limit
             child.deadline = time.monotonic() + hard if hard else None
         try:
-            child.conn.send((job.job_id, job.body, job.delivery))
+            child.conn.send((job.job_id, job.body, job.delivery, job.soft_time_limit))
         except OSError:
             # The child died just now; the collector reaps it and reports the job lost.
             logger.warning("pool process %s died before it could take a job", child.index)
@@ -101,7 +102,13 @@ class PreforkPool(Pool):
     def idle(self) -> int:
         """Children without a job."""
         with self._lock:
-            return sum(1 for c in self._children if c.job_id is None and not c.killed)
+            return sum(1 for c in self._children if self._available(c))
+
+    def _available(self, child: _Child) -> bool:
+        """Idle, alive, and not about to retire at its task limit."""
+        limit = self.app.conf.worker_max_tasks_per_child
+        retiring = limit is not None and child.done >= limit
+        return child.job_id is None and not child.killed and not retiring
 
     def check(self) -> None:
         """Kill children past their hard time limit; the job is reported as timed out."""
@@ -164,6 +171,7 @@ class PreforkPool(Pool):
             if child.job_id != done.job_id:
                 return  # already reported as timed out
             child.job_id = child.deadline = None
+            child.done += 1
         self.events.put(("done", done))
 
     def _reap(self, child: _Child) -> None:
@@ -212,8 +220,8 @@ def _child_main(app: Celeriac, conn: Connection, hostname: str, index: int) -> N
             break
         if item is None:
             break
-        job_id, body, delivery = item
+        job_id, body, delivery, soft = item
         message = decode(body, accept)
-        conn.send(run_job(app, Job(job_id, message, body, delivery), hostname))
+        conn.send(run_job(app, Job(job_id, message, body, delivery, None, soft), hostname))
         done += 1
     os._exit(0)

@@ -75,33 +75,38 @@ class Worker:
         setup_logging(self.loglevel, self.logfile, self.app.conf.worker_hijack_root_logger)
         self.app.finalize()
         signals.worker_init.send(sender=self)
+        # One real round trip before anything else, so a bad broker fails here, cleanly.
+        self.app.broker.size(self.queues[0])
         self._write_pidfile()
-        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        pool = create_pool(self.pool_kind, self.app, self.concurrency, self.hostname, events)
-        self.consumer = Consumer(self.app, pool, events, self.queues, self.hostname)
-        print(self.banner(), file=sys.stderr if self.logfile is None else sys.stdout, flush=True)
-        self.app.broker  # open the broker before forking so a bad URL fails here  # noqa: B018
-        pool.start()
-        self._install_signal_handlers()
-        if self.app.conf.worker_redirect_stdouts and self.pool_kind != "prefork":
-            redirect_stdouts(self.app.conf.worker_redirect_stdouts_level)
-        self.consumer.start()
-        logger.info("Connected to %s", _safe_url(self.app.broker_url))
-        logger.info("%s ready.", self.hostname)
-        signals.worker_ready.send(sender=self)
         try:
-            self.consumer.run()
-            self.consumer.wait_running(self.shutdown_timeout)
-            if self.consumer.inflight:
-                left = len(self.consumer.inflight)
-                logger.warning("Shutdown timeout: giving back %d running task(s)", left)
-                self.consumer.abandon_running("shutdown_timeout")
-            pool.stop(timeout=2.0)
+            return self._run()
         finally:
             signals.worker_shutdown.send(sender=self)
             self._remove_pidfile()
             sys.stdout = sys.__stdout__
-        logger.info("Worker %s stopped (processed %d).", self.hostname, self.consumer.processed)
+
+    def _run(self) -> int:
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        pool = create_pool(self.pool_kind, self.app, self.concurrency, self.hostname, events)
+        consumer = self.consumer = Consumer(self.app, pool, events, self.queues, self.hostname)
+        print(self.banner(), file=sys.stderr if self.logfile is None else sys.stdout, flush=True)
+        pool.start()
+        self._install_signal_handlers()
+        if self.app.conf.worker_redirect_stdouts and self.pool_kind != "prefork":
+            redirect_stdouts(self.app.conf.worker_redirect_stdouts_level)
+        consumer.start()
+        logger.info("Connected to %s", _safe_url(self.app.broker_url))
+        logger.info("%s ready.", self.hostname)
+        signals.worker_ready.send(sender=self)
+        consumer.run()
+        consumer.wait_running(self.shutdown_timeout)
+        if consumer.inflight:
+            left = len(consumer.inflight)
+            logger.warning("Shutdown timeout: giving back %d running task(s)", left)
+            consumer.abandon_running("shutdown_timeout")
+        pool.stop(timeout=2.0)
+        consumer.close()
+        logger.info("Worker %s stopped (processed %d).", self.hostname, consumer.processed)
         return 0
 
     def stop(self) -> None:

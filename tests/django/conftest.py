@@ -6,13 +6,11 @@ folder as the package ``django`` and hide the real Django from the whole test se
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from example_project import ExampleProject, WorkerProcess
-
-StartWorker = Callable[[ExampleProject], WorkerProcess]
+from example_project import ExampleProject, StartWorker, WorkerProcess
 
 
 @pytest.fixture
@@ -34,8 +32,8 @@ def start_worker() -> Iterator[StartWorker]:
     """Start real workers in a project; every one is killed at teardown, whatever happened."""
     started: list[WorkerProcess] = []
 
-    def start(copy: ExampleProject) -> WorkerProcess:
-        worker = copy.start_worker()
+    def start(copy: ExampleProject, app: str = "proj") -> WorkerProcess:
+        worker = copy.start_worker(app)
         started.append(worker)
         return worker
 

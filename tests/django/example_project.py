@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "django_tutorial"
@@ -89,9 +90,9 @@ class ExampleProject:
         (self.root / "proj" / f"{name}.py").write_text(text)
         return f"proj.{name}"
 
-    def start_worker(self, *args: str) -> WorkerProcess:
-        """Start ``python -m celeriac -A proj worker --loglevel=info -c 1 ARGS`` in the copy."""
-        command = ["-m", "celeriac", "-A", "proj", "worker", "--loglevel=info", "-c", "1", *args]
+    def start_worker(self, app: str = "proj") -> WorkerProcess:
+        """Start ``python -m celeriac -A APP worker --loglevel=info -c 1`` in the copy."""
+        command = ["-m", "celeriac", "-A", app, "worker", "--loglevel=info", "-c", "1"]
         number = len(list(self.root.glob("worker-*.log"))) + 1
         return WorkerProcess(command, self.root, self.root / f"worker-{number}.log")
 
@@ -142,3 +143,7 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
+
+
+#: The ``start_worker`` fixture: ``start_worker(project, app="proj")``; killed at teardown.
+StartWorker = Callable[..., WorkerProcess]
