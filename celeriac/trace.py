@@ -70,9 +70,9 @@ def _run(task: Task[Any, Any], request: Request) -> Outcome:
         return Outcome(IGNORED)
     except Reject as reject:
         return Outcome(states.REJECTED, reject, requeue=reject.requeue)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit in a task is its failure, not the worker's exit
         if task.autoretry_for and isinstance(exc, task.autoretry_for):
-            return _autoretry(task, request, exc)
+            return _autoretry(task, request, exc)  # type: ignore[arg-type]
         return _failed(task, request, exc)
     signals.task_success.send(sender=task, result=value)
     return Outcome(states.SUCCESS, value)

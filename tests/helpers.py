@@ -22,9 +22,7 @@ T = TypeVar("T")
 CELERIAC_ENV = ("CELERIAC_BROKER_URL", "CELERIAC_RESULT_BACKEND")
 
 
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, message: str = "condition"
-) -> T:
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, message: str = "condition") -> T:
     """Call ``predicate`` until it returns something true; its value, or AssertionError."""
     deadline = time.monotonic() + timeout
     pause = 0.005

@@ -213,7 +213,8 @@ def test_delay_passes_only_user_arguments(worker_app: Celeriac) -> None:
     # Names that are apply_async options are plain keyword arguments to delay().
     result = echo.delay(1, queue="elsewhere", countdown=100, task_id="not-an-id")
     assert result.get(timeout=10) == [
-        [1], {"queue": "elsewhere", "countdown": 100, "task_id": "not-an-id"}
+        [1],
+        {"queue": "elsewhere", "countdown": 100, "task_id": "not-an-id"},
     ]
     assert result.id != "not-an-id"
     assert worker_app.broker.size("elsewhere") == 0
@@ -565,7 +566,7 @@ def test_a_remote_builtin_exception_comes_back_typed(worker_app: Celeriac) -> No
     assert isinstance(error, TaskError) and isinstance(error, CeleriacError)
     assert error.type_name == "ValueError" and error.message == "bad value"
     assert str(error) == "ValueError: bad value"
-    assert error.remote_traceback and 'raise ValueError(message)' in error.remote_traceback
+    assert error.remote_traceback and "raise ValueError(message)" in error.remote_traceback
     assert result.state == states.FAILURE and result.failed() and result.ready()
     assert result.traceback and "explode" in result.traceback
     assert isinstance(result.result, TaskError) and result.info.message == "bad value"
@@ -573,11 +574,6 @@ def test_a_remote_builtin_exception_comes_back_typed(worker_app: Celeriac) -> No
     assert result.date_done is not None
 
 
-@pytest.mark.xfail(
-    reason="core bug: a task raising a BaseException that is not an Exception (SystemExit, "
-    "KeyboardInterrupt) on the thread pool is acknowledged with no result stored",
-    strict=True,
-)
 def test_a_task_raising_system_exit_is_a_failure(
     worker_app: Celeriac, worker_thread: WorkerThread
 ) -> None:

@@ -143,9 +143,7 @@ def test_pickle_is_refused_by_a_worker_that_does_not_accept_it(
 ) -> None:
     marker = tmp_path / "unpickled"
     worker_app.task(name="ser.pickled")(echo)  # accept_content is json and msgpack
-    producer = Celeriac(
-        "producer", broker=worker_app.broker_url, accept_content=["json", "pickle"]
-    )
+    producer = Celeriac("producer", broker=worker_app.broker_url, accept_content=["json", "pickle"])
     result = producer.send_task(
         "ser.pickled", (OpensFileWhenUnpickled(marker),), serializer="pickle"
     )

@@ -351,8 +351,13 @@ def test_a_task_that_kills_every_process_is_dead_lettered_after_its_budget(
 def test_a_killed_worker_s_task_runs_again_within_one_lease(
     tmp_path: Path, producer: Celeriac, start_worker_process: StartWorker
 ) -> None:
-    source = (tmp_path / f"{MODULE}.py").read_text().replace(
-        'Celeriac("proc", ', 'Celeriac("proc", broker_transport_options={"lease_timeout": 1.0}, '
+    source = (
+        (tmp_path / f"{MODULE}.py")
+        .read_text()
+        .replace(
+            'Celeriac("proc", ',
+            'Celeriac("proc", broker_transport_options={"lease_timeout": 1.0}, ',
+        )
     )
     (tmp_path / "short_lease.py").write_text(source)
     first = start_worker_process("short_lease", "-P", "prefork", "-c", "1")
@@ -368,9 +373,7 @@ def test_a_killed_worker_s_task_runs_again_within_one_lease(
     assert time.monotonic() - killed < 10  # one lease (1 s) and a fetch, not 30 s
 
 
-def test_soft_and_hard_time_limits(
-    producer: Celeriac, start_worker_process: StartWorker
-) -> None:
+def test_soft_and_hard_time_limits(producer: Celeriac, start_worker_process: StartWorker) -> None:
     worker = start_worker_process(MODULE, "-P", "prefork", "-c", "2")
     soft = send(producer, "soft_limited", 10, soft_time_limit=0.3)
     hard = send(producer, "hard_limited", 10, time_limit=0.5)
@@ -412,9 +415,7 @@ def test_max_tasks_per_child_replaces_processes(
 def test_retiring_pool_processes_lose_no_delivery(
     producer: Celeriac, start_worker_process: StartWorker
 ) -> None:
-    worker = start_worker_process(
-        MODULE, "-P", "prefork", "-c", "2", "--max-tasks-per-child", "1"
-    )
+    worker = start_worker_process(MODULE, "-P", "prefork", "-c", "2", "--max-tasks-per-child", "1")
     results = [send(producer, "pid") for _ in range(20)]
     outcomes = []
     for result in results:

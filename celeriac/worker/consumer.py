@@ -11,7 +11,6 @@ Three threads in the worker process share the work:
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import threading
@@ -36,7 +35,7 @@ logger = logging.getLogger("celeriac.worker")
 
 @dataclass(slots=True)
 class Inflight:
-    """A delivery this worker holds: buffered, or running in the pool."""
+    """A delivery this worker holds: waiting for a pool slot, or running."""
 
     delivery: Delivery
     message: Message
@@ -67,7 +66,6 @@ class Consumer:
         self.budget = pool.concurrency * max(1, multiplier)
         self.accept = conf.accept_content
         self.inflight: dict[int, Inflight] = {}
-        self.buffer: collections.deque[int] = collections.deque()
         self.processed = 0
         self._held = 0  # deliveries fetched and not yet finished (the fetcher's budget)
         self._held_lock = threading.Lock()
@@ -131,7 +129,6 @@ class Consumer:
         self._wind_down()
 
     def _step(self, timeout: float) -> None:
-        self._dispatch()
         try:
             event = self.events.get(timeout=timeout)
         except queue.Empty:
@@ -165,27 +162,30 @@ class Consumer:
         if finished:
             self._finish(finished)
 
-    def _dispatch(self) -> None:
-        while self.buffer and self.pool.idle() > 0 and not self.stopping.is_set():
-            job_id = self.buffer.popleft()
-            item = self.inflight[job_id]
-            task = self.app.tasks.get(item.message.task)
-            if task is not None and task.acks_late is False:
-                item.acked = self.app.broker.ack(item.delivery)
-            delivery_info = {
-                "routing_key": item.delivery.queue,
-                "priority": item.delivery.priority,
-                "redelivered": item.delivery.deliveries > 1,
-                "delivery_count": item.delivery.deliveries,
-            }
-            hard, soft = _limits(item.message, task, self.app)
-            self.pool.submit(Job(job_id, item.message, item.body, delivery_info, hard, soft))
+    def _submit(self, job_id: int) -> None:
+        """Hand a job to the pool, which starts it as soon as a slot is free."""
+        item = self.inflight[job_id]
+        task = self.app.tasks.get(item.message.task)
+        if task is not None and task.acks_late is False:
+            item.acked = self.app.broker.ack(item.delivery)
+        delivery_info = {
+            "routing_key": item.delivery.queue,
+            "priority": item.delivery.priority,
+            "redelivered": item.delivery.deliveries > 1,
+            "delivery_count": item.delivery.deliveries,
+        }
+        hard, soft = _limits(item.message, task, self.app)
+        self.pool.submit(Job(job_id, item.message, item.body, delivery_info, hard, soft))
 
     # -- receiving ------------------------------------------------------------------------
 
     def _accept(self, deliveries: list[Delivery]) -> None:
-        """Validate fetched messages; refuse the bad ones, buffer the good ones."""
+        """Validate fetched messages; refuse the bad ones, hand the good ones to the pool."""
         for delivery in deliveries:
+            if self.stopping.is_set():
+                self.app.broker.release(delivery)  # fetched as we stopped: give it back
+                self._release_budget(1)
+                continue
             try:
                 message = decode(delivery.body, self.accept)
             except MessageError as exc:
@@ -201,7 +201,7 @@ class Consumer:
             signals.task_received.send(sender=self, message=message)
             self._next_id += 1
             self.inflight[self._next_id] = Inflight(delivery, message, delivery.body)
-            self.buffer.append(self._next_id)
+            self._submit(self._next_id)
 
     def _refuse(self, delivery: Delivery, reason: str, detail: str) -> None:
         """Dead-letter a message this worker cannot run; one log line, then go on."""
@@ -332,17 +332,19 @@ class Consumer:
     def _wind_down(self) -> None:
         for thread in self._threads:
             thread.join(2.0)
+        self._give_back_unstarted()
         self._handle(_drain(self.events))
-        self._give_back_buffer()
 
-    def _give_back_buffer(self) -> None:
+    def _give_back_unstarted(self) -> None:
         """Hand back work that was fetched but never started, without counting a delivery."""
+        unstarted = self.pool.take_back()
         released = 0
-        while self.buffer:
-            item = self.inflight.pop(self.buffer.popleft())
+        for job_id in unstarted:
+            item = self.inflight.pop(job_id)
             if not item.acked:
                 self.app.broker.release(item.delivery)
                 released += 1
+        self._release_budget(len(unstarted))
         if released:
             logger.info("Handed back %d prefetched task(s) to the broker", released)
 

@@ -62,11 +62,11 @@ class Pool(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, job: Job) -> None:
-        """Run a job; its outcome arrives later on the events queue."""
+        """Run a job as soon as a slot is free; its outcome arrives on the events queue."""
 
     @abc.abstractmethod
-    def idle(self) -> int:
-        """How many more jobs the pool can start now."""
+    def take_back(self) -> list[int]:
+        """Remove the jobs not started yet and return their ids (for a shutdown)."""
 
     def check(self) -> None:
         """Enforce hard time limits and notice dead processes (called often by the consumer)."""
@@ -123,9 +123,9 @@ class SoloPool(Pool):
         """Run the job now."""
         self.events.put(("done", run_job(self.app, job, self.hostname)))
 
-    def idle(self) -> int:
-        """Always free between jobs."""
-        return 1
+    def take_back(self) -> list[int]:
+        """Nothing waits: jobs run as they are submitted."""
+        return []
 
     def stop(self, timeout: float) -> None:
         """Nothing runs in the background."""
@@ -142,8 +142,6 @@ class ThreadPool(Pool):
         super().__init__(app, concurrency, hostname, events)
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._busy = 0
-        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Start the threads."""
@@ -164,19 +162,22 @@ class ThreadPool(Pool):
             except BaseException as exc:  # a bug of ours must not kill the thread silently
                 logging.getLogger(__name__).exception("job %s crashed the pool", job.job_id)
                 done = JobDone(job.job_id, "FAILURE", summary=repr(exc))
-            with self._lock:
-                self._busy -= 1
             self.events.put(("done", done))
 
     def submit(self, job: Job) -> None:
         """Queue the job for the next free thread."""
-        with self._lock:
-            self._busy += 1
         self._jobs.put(job)
 
-    def idle(self) -> int:
-        """Threads not running a job."""
-        return self.concurrency - self._busy
+    def take_back(self) -> list[int]:
+        """Empty the job queue."""
+        taken: list[int] = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return taken
+            if job is not None:
+                taken.append(job.job_id)
 
     def stop(self, timeout: float) -> None:
         """Ask every thread to finish after its current job and wait for them."""

@@ -1,14 +1,16 @@
 """The prefork pool: N child processes, each running one job at a time.
 
-The consumer (in the parent) holds every lease and buffers prefetched work; a child gets a
-job only when it is idle, so a long task never holds short ones hostage. A collector thread
-waits on the children's pipes and process sentinels: results go to the consumer, a dead
-child is replaced and its job reported lost. Hard time limits are enforced by killing the
-child that passed its limit.
+The consumer (in the parent) holds every lease; jobs wait in the pool's queue in the parent
+and a child gets one only when it is idle, so a long task never holds short ones hostage. A
+collector thread waits on the children's pipes and process sentinels: it hands the next
+waiting job to a child the moment that child reports a result, passes results to the
+consumer, and replaces a dead child, reporting its job lost. Hard time limits are enforced
+by killing the child that passed its limit.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import multiprocessing
@@ -57,6 +59,7 @@ class PreforkPool(Pool):
         super().__init__(app, concurrency, hostname, events)
         self._ctx = multiprocessing.get_context("fork")
         self._children: list[_Child] = []
+        self._waiting: collections.deque[Job] = collections.deque()
         self._lock = threading.Lock()
         self._stopping = False
         self._collector: threading.Thread | None = None
@@ -87,22 +90,41 @@ class PreforkPool(Pool):
         return _Child(self._counter, process, parent_end)
 
     def submit(self, job: Job) -> None:
-        """Send the job to an idle child."""
+        """Start the job in an idle child, or queue it for the next child that frees up."""
         with self._lock:
-            child = next(c for c in self._children if self._available(c))
-            child.job_id = job.job_id
-            hard = job.time_limit
-            child.deadline = time.monotonic() + hard if hard else None
+            child = next((c for c in self._children if self._available(c)), None)
+            if child is None:
+                self._waiting.append(job)
+                return
+            self._assign(child, job)
+        self._send(child, job)
+
+    def take_back(self) -> list[int]:
+        """Remove the queued jobs no child has started."""
+        with self._lock:
+            taken = [job.job_id for job in self._waiting]
+            self._waiting.clear()
+        return taken
+
+    def _assign(self, child: _Child, job: Job) -> None:
+        """Mark ``child`` busy with ``job`` (caller holds the lock)."""
+        child.job_id = job.job_id
+        child.deadline = time.monotonic() + job.time_limit if job.time_limit else None
+
+    def _next_for(self, child: _Child) -> Job | None:
+        """The next waiting job for a child that just became free (caller holds the lock)."""
+        if self._waiting and self._available(child):
+            job = self._waiting.popleft()
+            self._assign(child, job)
+            return job
+        return None
+
+    def _send(self, child: _Child, job: Job) -> None:
         try:
             child.conn.send((job.job_id, job.body, job.delivery, job.soft_time_limit))
         except OSError:
             # The child died just now; the collector reaps it and reports the job lost.
             logger.warning("pool process %s died before it could take a job", child.index)
-
-    def idle(self) -> int:
-        """Children without a job."""
-        with self._lock:
-            return sum(1 for c in self._children if self._available(c))
 
     def _available(self, child: _Child) -> bool:
         """Idle, alive, and not about to retire at its task limit."""
@@ -172,6 +194,9 @@ class PreforkPool(Pool):
                 return  # already reported as timed out
             child.job_id = child.deadline = None
             child.done += 1
+            job = self._next_for(child)
+        if job is not None:
+            self._send(child, job)
         self.events.put(("done", done))
 
     def _reap(self, child: _Child) -> None:
@@ -190,6 +215,9 @@ class PreforkPool(Pool):
             replacement = self._spawn()
             with self._lock:
                 self._children.append(replacement)
+                job = self._next_for(replacement)
+            if job is not None:
+                self._send(replacement, job)
 
     def pids(self) -> list[int]:
         """The children's process ids."""
