@@ -31,13 +31,24 @@ def meta_key(task_id: str) -> str:
     return KEY_PREFIX + task_id
 
 
+def safe_str(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose ``__str__`` itself raises."""
+    try:
+        return str(exc)
+    except Exception:
+        try:
+            return repr(exc)
+        except Exception:
+            return f"<unprintable {type(exc).__name__}>"
+
+
 def encode_exception(exc: BaseException) -> dict[str, Any]:
     """Describe an exception by its names and message only."""
     cls = type(exc)
     type_name = getattr(exc, "type_name", None) or cls.__qualname__
     return {
         "exc_type": type_name,
-        "exc_message": str(exc),
+        "exc_message": safe_str(exc),
         "exc_module": cls.__module__,
     }
 

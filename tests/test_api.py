@@ -588,6 +588,27 @@ def test_a_task_raising_system_exit_is_a_failure(
     assert caught.value.type_name == "SystemExit"
 
 
+class UnprintableError(Exception):
+    """An exception whose message cannot be taken."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+def test_a_task_raising_an_unprintable_exception_is_a_failure(
+    worker_app: Celeriac, worker_thread: WorkerThread
+) -> None:
+    @worker_app.task(name="api.unprintable")
+    def unprintable() -> None:
+        raise UnprintableError()
+
+    result = unprintable.delay()
+    worker_thread.join()  # the message is finished: acknowledged, or back on the queue
+    with pytest.raises(TaskError) as caught:
+        result.get(timeout=1)
+    assert "UnprintableError" in caught.value.type_name
+
+
 def test_a_remote_oserror_comes_back_as_task_error(worker_app: Celeriac) -> None:
     @worker_app.task(name="api.missing_file")
     def missing_file(path: str) -> str:

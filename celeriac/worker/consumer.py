@@ -95,7 +95,7 @@ class Consumer:
                 self._room.wait(0.5)
                 continue
             try:
-                deliveries = broker.fetch(self.queues, limit=room, timeout=1.0, lease=self.lease)
+                deliveries = broker.fetch(self.queues, limit=room, timeout=0.25, lease=self.lease)
             except Exception:
                 logger.exception("fetching from the broker failed; trying again in 1s")
                 self.stopping.wait(1.0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeriac import states
+from celeriac.backend import format_traceback, safe_str
 from celeriac.errors import NotRegistered
 from celeriac.message import Message, encode
 from celeriac.task import Request
@@ -59,6 +60,15 @@ def run_message(
     return _describe(app, job_id, message, hostname, outcome)
 
 
+def failed_job(app: Celeriac, job_id: int, message: Message, exc: BaseException) -> JobDone:
+    """A FAILURE for a job whose execution broke outside the task (never ack without one)."""
+    meta = app.results.build_meta(
+        message.id, states.FAILURE, exc, format_traceback(exc), name=message.task
+    )
+    summary = f"{type(exc).__name__}({safe_str(exc)})"
+    return JobDone(job_id, states.FAILURE, meta=app.results.encode_meta(meta), summary=summary)
+
+
 def _describe(
     app: Celeriac, job_id: int, message: Message, hostname: str, outcome: Outcome
 ) -> JobDone:
@@ -67,7 +77,7 @@ def _describe(
     if outcome.state == states.SUCCESS:
         done.summary = _short.repr(outcome.result)
     elif outcome.state in (states.FAILURE, states.RETRY):
-        done.summary = f"{type(outcome.result).__name__}({outcome.result})"
+        done.summary = f"{type(outcome.result).__name__}({safe_str(outcome.result)})"
     if outcome.state == states.RETRY and outcome.retry_message is not None:
         nxt = outcome.retry_message
         done.retry_body = encode(nxt, app.conf.task_serializer)

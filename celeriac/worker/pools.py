@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeriac.errors import SoftTimeLimitExceeded
-from celeriac.worker.execute import JobDone, run_message
+from celeriac.worker.execute import JobDone, failed_job, run_message
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -105,8 +105,12 @@ def soft_time_limit(seconds: float | None) -> Iterator[None]:
 
 def run_job(app: Celeriac, job: Job, hostname: str) -> JobDone:
     """Run one job with its soft time limit."""
-    with soft_time_limit(job.soft_time_limit):
-        return run_message(app, job.job_id, job.message, hostname, job.delivery)
+    try:
+        with soft_time_limit(job.soft_time_limit):
+            return run_message(app, job.job_id, job.message, hostname, job.delivery)
+    except BaseException as exc:  # a failure outside the task itself still gets a result
+        logging.getLogger(__name__).exception("job %s failed outside its task", job.job_id)
+        return failed_job(app, job.job_id, job.message, exc)
 
 
 class SoloPool(Pool):
@@ -157,12 +161,7 @@ class ThreadPool(Pool):
             job = self._jobs.get()
             if job is None:
                 return
-            try:
-                done = run_job(self.app, job, self.hostname)
-            except BaseException as exc:  # a bug of ours must not kill the thread silently
-                logging.getLogger(__name__).exception("job %s crashed the pool", job.job_id)
-                done = JobDone(job.job_id, "FAILURE", summary=repr(exc))
-            self.events.put(("done", done))
+            self.events.put(("done", run_job(self.app, job, self.hostname)))
 
     def submit(self, job: Job) -> None:
         """Queue the job for the next free thread."""
