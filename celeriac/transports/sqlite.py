@@ -21,7 +21,8 @@ Options (``options`` dict): ``max_deliveries`` (see the contract), ``reclaim_int
 (seconds between sweeps of expired leases, default 0.5), ``busy_timeout`` (seconds a writer
 waits for the lock, default 10), ``sweep_interval`` (seconds between sweeps of expired keys
 and old topic rows, default 5), ``topic_keep`` (topic rows kept, default 10,000) and
-``topic_max_age`` (seconds a topic row is kept, default 3,600).
+``topic_max_age`` (seconds a topic row is kept, default 3,600) and ``poll_interval`` (how
+often a waiting fetch or ``wait`` looks for other processes' commits, default 0.002 s).
 """
 
 from __future__ import annotations
@@ -185,6 +186,9 @@ class SQLiteTransport(Transport):
         self.sweep_interval = float(self.options.get("sweep_interval", 5.0))
         self.topic_keep = int(self.options.get("topic_keep", 10_000))
         self.topic_max_age = float(self.options.get("topic_max_age", 3600.0))
+        # How often a waiting fetch or wait() looks for other processes' commits: the
+        # latency floor of an idle worker, at a cost of one cheap PRAGMA per look.
+        self.poll_interval = float(self.options.get("poll_interval", 0.002))
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
@@ -381,10 +385,10 @@ class SQLiteTransport(Transport):
         only then reads; idle fetchers so leave the write lock to the processes that work.
         """
         end = time.monotonic() + seconds
-        pause = 0.001
+        pause = 0.0002
         while (left := end - time.monotonic()) > 0:
             time.sleep(min(pause, left))
-            pause = min(pause * 2, 0.02)
+            pause = min(pause * 2, self.poll_interval)
             with self._reading() as conn:
                 seen = (conn.execute("PRAGMA data_version").fetchone()[0], self._commits)
                 if seen == version:
@@ -585,6 +589,25 @@ class SQLiteTransport(Transport):
                 (key, time.time()),
             ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def wait(self, key: str, timeout: float | None = None) -> bytes | None:
+        """Block until ``key`` exists; reads it only after another connection committed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0002
+        version: tuple[int, int] | None = None
+        while True:
+            with self._reading() as conn:
+                seen = (conn.execute("PRAGMA data_version").fetchone()[0], self._commits)
+            if seen != version:
+                version = seen
+                value = self.get(key)
+                if value is not None:
+                    return value
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, self.poll_interval)
 
     def delete(self, key: str) -> None:
         """Remove ``key`` if present."""

@@ -1,0 +1,962 @@
+"""The production broker: queues, keys and topics in Redis (6.0 or newer).
+
+URLs: ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS, certificates checked
+unless ``ssl_cert_reqs`` says otherwise) and ``unix:///path/to/redis.sock?db=N``. The client is
+redis-py (with hiredis when installed), the ``celeriac[redis]`` extra.
+
+Key layout (``P`` is the ``prefix`` option, ``celeriac:`` by default). The keys of one queue
+carry the hash tag ``{queue}``, so that under Redis Cluster they share one slot::
+
+    P{q}:ready     zset   id -> (9 - priority) * 2**46 + id: most urgent first, then publish order
+    P{q}:delayed   zset   id -> due time, ms since the epoch
+    P{q}:leased    zset   id -> lease expiry, ms since the epoch (the Redis server's clock)
+    P{q}:m:<id>    hash   body, priority, deliveries, lease (the holder's token, while leased),
+                          history (JSON list of failed deliveries, once there is one)
+    P{q}:wake      list   at most one token, pushed when work may be ready; idle fetchers BLPOP it
+    P ids          string the message id counter (ids are global, so publish order is too)
+    P dead         zset   id -> dead_at, seconds: the dead-letter queue, newest last
+    P dead:<id>    hash   a dead letter: the message hash plus queue, reason and dead_at
+    P key:<k>      string a key of ``put``/``incr``; a write also publishes on channel P key:<k>
+    (channel)             P topic:<t>, for ``broadcast``/``listen`` (plain pub/sub)
+
+Every state change of a message is one Lua script, conditional on the lease token where the
+contract says so. ``fetch`` runs one script that moves due delayed messages to ready, takes back
+expired leases (or dead-letters them at ``max_deliveries``), and leases the most urgent ready
+messages, all judged by ``TIME`` on the server. With nothing to hand out it blocks in BLPOP on
+the queues' wake lists, bounded by the next due time or lease expiry the script reported; the
+wait is timed on the client and ended with ``CLIENT UNBLOCK``, because Redis only checks
+blocking timeouts ten times a second. A fetcher that leaves work behind pushes a token again,
+so idle fetchers wake one after another instead of all at once.
+
+Options (``broker_transport_options``): ``max_deliveries`` (see the contract), ``prefix``,
+``socket_timeout`` (seconds, default 10), ``health_check_interval`` (seconds between pings of
+an idle connection, default 30), ``retries`` (reconnection attempts, with backoff, before an
+operation fails with ``TransportError``; default 6, about 3.5 s), ``ssl_cert_reqs``
+(``required``, ``optional`` or ``none``) and ``ssl_ca_certs`` for ``rediss://``.
+``lease_timeout`` is read by the worker, not here.
+
+Limits: Redis Cluster is not supported yet: the id counter, the dead-letter keys, result keys
+and fetching from several queues at once cross slots. A publish retried after the connection
+dropped mid-reply may enqueue twice (delivery is at-least-once anyway).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from celeriac.errors import MissingExtraError, TransportError
+from celeriac.transports.base import (
+    DEFAULT_LEASE,
+    MAX_PRIORITY,
+    DeadLetter,
+    Delivery,
+    KeyWrite,
+    Subscription,
+    Transport,
+    check_bytes,
+    check_due,
+    check_fetch,
+    check_key,
+    check_lease,
+    check_message,
+    check_name,
+    check_topic,
+    check_topics,
+)
+
+try:
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.client import PubSub
+    from redis.commands.core import Script
+    from redis.connection import Connection, ConnectionPool, parse_url
+    from redis.exceptions import RedisError, ResponseError
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise MissingExtraError(
+        "the Redis transport needs redis-py: pip install 'celeriac[redis]'"
+    ) from exc
+
+__all__ = ["RedisTransport"]
+
+DEFAULT_PREFIX = "celeriac:"
+DEFAULT_SOCKET_TIMEOUT = 10.0
+DEFAULT_HEALTH_CHECK_INTERVAL = 30.0
+DEFAULT_RETRIES = 6
+#: Messages per publish script call; a bulk publish sends its chunks in one transaction.
+PUBLISH_CHUNK = 1000
+#: Delayed messages promoted, and expired leases taken back, per queue per fetch.
+TIMER_BATCH = 1000
+#: Messages deleted per purge script call, so that purging a huge queue never stalls Redis.
+PURGE_BATCH = 5000
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# -- Lua ------------------------------------------------------------------------------------------
+
+# Helpers shared by every script. Numbers reach Redis through redis.call exactly; only string
+# concatenation (ids in key names) goes through Lua's "%.14g", fine below 10**14 ids.
+_LIB = f"local MAX_PRIORITY = {MAX_PRIORITY}\n" + r"""
+local PRIORITY_SPAN = 70368744177664  -- 2^46: room for the ids of one priority band
+
+local function clock()  -- the server's time, in seconds and in whole milliseconds
+  local t = redis.call('TIME')
+  local s = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  return s, math.floor(s * 1000)
+end
+
+local function score(priority, id)
+  return (MAX_PRIORITY - tonumber(priority)) * PRIORITY_SPAN + tonumber(id)
+end
+
+local function notify(wake)  -- one token is enough: a woken fetcher passes it on
+  if redis.call('LLEN', wake) == 0 then redis.call('RPUSH', wake, '1') end
+end
+
+local function make_ready(ready, wake, msg, id)
+  redis.call('ZADD', ready, score(redis.call('HGET', msg, 'priority'), id), id)
+  notify(wake)
+end
+
+local function add_event(msg, event)
+  local history = redis.call('HGET', msg, 'history')
+  local entry = cjson.encode(event)
+  if history then
+    history = string.sub(history, 1, -2) .. ',' .. entry .. ']'
+  else
+    history = '[' .. entry .. ']'
+  end
+  redis.call('HSET', msg, 'history', history)
+end
+
+local function bury(msg, id, queue, reason, now, dead, dead_prefix)
+  redis.call('HDEL', msg, 'lease')
+  redis.call('HSET', msg, 'queue', queue, 'reason', reason, 'dead_at', string.format('%.6f', now))
+  redis.call('RENAME', msg, dead_prefix .. id)
+  redis.call('ZADD', dead, now, id)
+end
+
+local function held(msg, token)
+  return redis.call('HGET', msg, 'lease') == token
+end
+"""
+
+# KEYS: ids, then per item ready, delayed, wake. ARGV per item: base, body, priority, due ms
+# ('' for now). Returns the new ids.
+_PUBLISH = r"""
+local _, now_ms = clock()
+local ids = {}
+for i = 1, (#KEYS - 1) / 3 do
+  local k, a = 1 + (i - 1) * 3, (i - 1) * 4
+  local id = redis.call('INCR', KEYS[1])
+  local msg = ARGV[a + 1] .. 'm:' .. id
+  redis.call('HSET', msg, 'body', ARGV[a + 2], 'priority', ARGV[a + 3], 'deliveries', 0)
+  local due = ARGV[a + 4]
+  if due ~= '' and tonumber(due) > now_ms then
+    redis.call('ZADD', KEYS[k + 2], due, id)
+  else
+    redis.call('ZADD', KEYS[k + 1], score(ARGV[a + 3], id), id)
+  end
+  notify(KEYS[k + 3])
+  ids[i] = id
+end
+return ids
+"""
+
+# KEYS: per queue ready, delayed, leased, wake; then dead. ARGV: limit, lease ms, max deliveries,
+# token prefix, dead prefix, timer batch, then per queue: name, base.
+# Returns {ms until the next timer (-1: none; 0 when something was leased), then per delivery:
+# queue index, id, body, priority, deliveries, token}.
+_CLAIM = r"""
+local limit, lease_ms, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local token_prefix, dead_prefix, batch = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local dead = KEYS[#KEYS]
+local now, now_ms = clock()
+local queues = {}
+for q = 1, (#KEYS - 1) / 4 do
+  queues[q] = {ready = KEYS[q * 4 - 3], delayed = KEYS[q * 4 - 2], leased = KEYS[q * 4 - 1],
+               wake = KEYS[q * 4], name = ARGV[5 + q * 2], base = ARGV[6 + q * 2]}
+end
+
+local function promote(q)  -- due delayed messages become ready
+  local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now_ms, 'LIMIT', 0, batch)
+  for _, id in ipairs(due) do
+    make_ready(q.ready, q.wake, q.base .. 'm:' .. id, id)
+  end
+  if #due > 0 then redis.call('ZREM', q.delayed, unpack(due)) end
+end
+
+local function reclaim(q)  -- expired leases: deliver again, or dead-letter at max deliveries
+  local expired = redis.call('ZRANGEBYSCORE', q.leased, '-inf', now_ms, 'LIMIT', 0, batch)
+  for _, id in ipairs(expired) do
+    local msg = q.base .. 'm:' .. id
+    local deliveries = tonumber(redis.call('HGET', msg, 'deliveries'))
+    redis.call('HDEL', msg, 'lease')
+    add_event(msg, {at = now, event = 'lease_expired', deliveries = deliveries})
+    if deliveries >= max then
+      bury(msg, id, q.name, 'lease_expired', now, dead, dead_prefix)
+    else
+      make_ready(q.ready, q.wake, msg, id)
+    end
+  end
+  if #expired > 0 then redis.call('ZREM', q.leased, unpack(expired)) end
+end
+
+local function candidates()  -- the most urgent ready ids over all queues
+  local found = {}
+  for qi, q in ipairs(queues) do
+    local head = redis.call('ZRANGE', q.ready, 0, limit - 1, 'WITHSCORES')
+    for j = 1, #head, 2 do
+      found[#found + 1] = {score = tonumber(head[j + 1]), q = qi, id = head[j]}
+    end
+  end
+  if #queues > 1 then table.sort(found, function(a, b) return a.score < b.score end) end
+  return found
+end
+
+local function lease(q, id, out)
+  local msg = q.base .. 'm:' .. id
+  local fields = redis.call('HMGET', msg, 'body', 'priority')
+  local deliveries = redis.call('HINCRBY', msg, 'deliveries', 1)
+  local token = token_prefix .. id
+  redis.call('HSET', msg, 'lease', token)
+  redis.call('ZADD', q.leased, now_ms + lease_ms, id)
+  for _, v in ipairs({id, fields[1], fields[2], deliveries, token}) do out[#out + 1] = v end
+end
+
+local function next_timer()
+  local soonest = nil
+  for _, q in ipairs(queues) do
+    for _, key in ipairs({q.delayed, q.leased}) do
+      local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if head[2] and (soonest == nil or tonumber(head[2]) < soonest) then
+        soonest = tonumber(head[2])
+      end
+    end
+  end
+  if soonest == nil then return -1 end
+  return math.max(0, math.ceil(soonest - now_ms))
+end
+
+for _, q in ipairs(queues) do promote(q); reclaim(q) end
+local out, taken = {0}, {}
+for i, c in ipairs(candidates()) do
+  if i > limit then break end
+  out[#out + 1] = c.q
+  lease(queues[c.q], c.id, out)
+  taken[c.q] = taken[c.q] or {}
+  table.insert(taken[c.q], c.id)
+end
+for qi, q in ipairs(queues) do
+  if taken[qi] then redis.call('ZREM', q.ready, unpack(taken[qi])) end
+  if redis.call('EXISTS', q.ready) == 1 then
+    notify(q.wake)  -- work is left: wake the next idle fetcher
+  elseif redis.call('EXISTS', q.delayed) == 0 then
+    redis.call('DEL', q.wake)  -- nothing to wake anyone for; keeps an idle Redis empty
+  end
+end
+if #out == 1 then out[1] = next_timer() end
+return out
+"""
+
+# KEYS per item: leased, message, result key. ARGV per item: id, token, write ('1'/'0'), value,
+# ttl ms ('0': none), channel. Returns 1/0 per item.
+_COMPLETE = r"""
+local out = {}
+for i = 1, #KEYS / 3 do
+  local leased, msg, key = KEYS[i * 3 - 2], KEYS[i * 3 - 1], KEYS[i * 3]
+  local a = (i - 1) * 6
+  out[i] = 0
+  if held(msg, ARGV[a + 2]) then
+    redis.call('DEL', msg)
+    redis.call('ZREM', leased, ARGV[a + 1])
+    if ARGV[a + 3] == '1' then
+      if ARGV[a + 5] == '0' then
+        redis.call('SET', key, ARGV[a + 4])
+      else
+        redis.call('SET', key, ARGV[a + 4], 'PX', ARGV[a + 5])
+      end
+      redis.call('PUBLISH', ARGV[a + 6], '')
+    end
+    out[i] = 1
+  end
+end
+return out
+"""
+
+# KEYS per item: leased, message. ARGV: lease ms, then per item id, token. Returns 1/0 per item.
+_EXTEND = r"""
+local _, now_ms = clock()
+local out = {}
+for i = 1, #KEYS / 2 do
+  out[i] = 0
+  if held(KEYS[i * 2], ARGV[i * 2 + 1]) then
+    redis.call('ZADD', KEYS[i * 2 - 1], 'XX', now_ms + tonumber(ARGV[1]), ARGV[i * 2])
+    out[i] = 1
+  end
+end
+return out
+"""
+
+# KEYS: leased, ready, wake, message, dead. ARGV: id, token, has reason ('1'/'0'), reason,
+# max deliveries, queue, dead prefix.
+_RELEASE = r"""
+local leased, ready, wake, msg, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local id = ARGV[1]
+if not held(msg, ARGV[2]) then return 0 end
+local now = clock()
+redis.call('ZREM', leased, id)
+redis.call('HDEL', msg, 'lease')
+if ARGV[3] == '0' then  -- handed back unstarted: this delivery does not count
+  redis.call('HINCRBY', msg, 'deliveries', -1)
+  make_ready(ready, wake, msg, id)
+  return 1
+end
+local deliveries = tonumber(redis.call('HGET', msg, 'deliveries'))
+add_event(msg, {at = now, event = 'released', reason = ARGV[4], deliveries = deliveries})
+if deliveries >= tonumber(ARGV[5]) then
+  bury(msg, id, ARGV[6], ARGV[4], now, dead, ARGV[7])
+else
+  make_ready(ready, wake, msg, id)
+end
+return 1
+"""
+
+# KEYS: leased, ready, delayed, wake, message. ARGV: id, token, due ms ('' for now),
+# has body ('1'/'0'), body.
+_RETRY = r"""
+local leased, ready, delayed, wake, msg = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local id, due = ARGV[1], ARGV[3]
+if not held(msg, ARGV[2]) then return 0 end
+local _, now_ms = clock()
+redis.call('ZREM', leased, id)
+redis.call('HDEL', msg, 'lease')
+redis.call('HSET', msg, 'deliveries', 0)
+if ARGV[4] == '1' then redis.call('HSET', msg, 'body', ARGV[5]) end
+if due ~= '' and tonumber(due) > now_ms then
+  redis.call('ZADD', delayed, due, id)
+  notify(wake)  -- idle fetchers recompute how long to sleep
+else
+  make_ready(ready, wake, msg, id)
+end
+return 1
+"""
+
+# KEYS: leased, message, dead. ARGV: id, token, reason, queue, dead prefix.
+_DEAD_LETTER = r"""
+local leased, msg, dead = KEYS[1], KEYS[2], KEYS[3]
+if not held(msg, ARGV[2]) then return 0 end
+local now = clock()
+redis.call('ZREM', leased, ARGV[1])
+local deliveries = tonumber(redis.call('HGET', msg, 'deliveries'))
+add_event(msg, {at = now, event = 'dead_lettered', reason = ARGV[3], deliveries = deliveries})
+bury(msg, ARGV[1], ARGV[4], ARGV[3], now, dead, ARGV[5])
+return 1
+"""
+
+# KEYS: dead, dead letter, ready, wake, message. ARGV: id.
+_REDRIVE = r"""
+local dead, letter, ready, wake, msg = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+if redis.call('EXISTS', letter) == 0 or redis.call('ZREM', dead, ARGV[1]) == 0 then return 0 end
+local now = clock()
+redis.call('HDEL', letter, 'queue', 'reason', 'dead_at')
+redis.call('HSET', letter, 'deliveries', 0)
+add_event(letter, {at = now, event = 'redriven'})
+redis.call('RENAME', letter, msg)
+make_ready(ready, wake, msg, ARGV[1])
+return 1
+"""
+
+# KEYS: ready, delayed. ARGV: base, batch. Returns how many messages it deleted.
+_PURGE = r"""
+local removed = 0
+for _, key in ipairs(KEYS) do
+  local ids = redis.call('ZRANGE', key, 0, tonumber(ARGV[2]) - 1)
+  for _, id in ipairs(ids) do redis.call('DEL', ARGV[1] .. 'm:' .. id) end
+  if #ids > 0 then redis.call('ZREM', key, unpack(ids)) end
+  removed = removed + #ids
+end
+return removed
+"""
+
+# KEYS: key. ARGV: amount, ttl ms ('0': keep the current one), channel.
+_INCR = r"""
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if ARGV[2] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+redis.call('PUBLISH', ARGV[3], '')
+return value
+"""
+
+
+class _Scripts:
+    """The Lua scripts, registered with one client (redis-py loads them on first use)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        def load(source: str) -> Script:
+            return client.register_script(_LIB + source)
+
+        self.publish = load(_PUBLISH)
+        self.claim = load(_CLAIM)
+        self.complete = load(_COMPLETE)
+        self.extend = load(_EXTEND)
+        self.release = load(_RELEASE)
+        self.retry = load(_RETRY)
+        self.dead_letter = load(_DEAD_LETTER)
+        self.redrive = load(_REDRIVE)
+        self.purge = load(_PURGE)
+        self.incr = load(_INCR)
+
+
+# -- the transport --------------------------------------------------------------------------------
+
+
+def _translated(
+    method: Callable[Concatenate[RedisTransport, P], R],
+) -> Callable[Concatenate[RedisTransport, P], R]:
+    """Turn redis-py's errors into ``TransportError`` naming the server (never the password)."""
+
+    @functools.wraps(method)
+    def wrapper(self: RedisTransport, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except RedisError as exc:
+            raise TransportError(f"Redis broker {self.location}: {exc}") from exc
+
+    return wrapper
+
+
+class RedisTransport(Transport):
+    """Queues, keys and topics in one Redis server, shared by every host that reaches it."""
+
+    schemes = ("redis", "rediss", "unix")
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        scheme, sep, rest = url.partition("://")
+        if scheme.lower() not in self.schemes or not sep:
+            raise TransportError(f"not a Redis URL: {url!r}")
+        self._client_url = scheme.lower() + "://" + rest
+        try:
+            parse_url(self._client_url)
+        except ValueError as exc:
+            raise TransportError(f"not a usable Redis URL: {_masked(url)} ({exc})") from exc
+        self.location = _masked(url)
+        self.prefix = str(self.options.get("prefix", DEFAULT_PREFIX))
+        self.socket_timeout = float(self.options.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT))
+        self.retries = int(self.options.get("retries", DEFAULT_RETRIES))
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._redis: redis.Redis | None = None
+        self._scripts: _Scripts | None = None
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def _client(self) -> redis.Redis:
+        """This process's client, made on first use and again after a fork."""
+        client = self._redis
+        if client is None or self._pid != os.getpid():
+            client = self._connect()
+        return client
+
+    def _connect(self) -> redis.Redis:
+        """Make the client (no connection opens until the first command)."""
+        pid = os.getpid()
+        if self._pid != pid:
+            # The parent's client and lock are not ours: its sockets stay with the parent, and
+            # one of its threads may have held the lock at the fork.
+            self._lock, self._redis, self._scripts, self._pid = threading.Lock(), None, None, pid
+        with self._lock:
+            if self._redis is None:
+                client = redis.Redis.from_url(self._client_url, **self._client_options())
+                self._scripts, self._redis = _Scripts(client), client
+            return self._redis
+
+    def _client_options(self) -> dict[str, Any]:
+        """redis-py keyword arguments from our options."""
+        kwargs: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_timeout,
+            "health_check_interval": float(
+                self.options.get("health_check_interval", DEFAULT_HEALTH_CHECK_INTERVAL)
+            ),
+            # Reconnect, with backoff, when Redis restarted or a pooled connection went stale.
+            # Only connection errors: a timed-out command may have run, and must not run twice.
+            "retry": Retry(
+                ExponentialBackoff(cap=1.0, base=0.05),
+                self.retries,
+                supported_errors=(redis.exceptions.ConnectionError,),
+            ),
+        }
+        if self._client_url.startswith("rediss://"):
+            kwargs["ssl_cert_reqs"] = self.options.get("ssl_cert_reqs", "required")
+            if self.options.get("ssl_ca_certs"):
+                kwargs["ssl_ca_certs"] = self.options["ssl_ca_certs"]
+        return kwargs
+
+    def _script(self) -> _Scripts:
+        """The scripts of this process's client."""
+        self._client()
+        assert self._scripts is not None
+        return self._scripts
+
+    @contextmanager
+    def _borrowed(self) -> Iterator[Connection]:
+        """A pooled connection for a blocking exchange; dropped if the exchange fails."""
+        pool = self._client().connection_pool
+        conn = _get_connection(pool)
+        try:
+            yield conn
+        except BaseException:
+            conn.disconnect()  # it may hold half a reply: never hand it back like that
+            raise
+        finally:
+            pool.release(conn)
+
+    def close(self) -> None:
+        """Close this process's connections; they reopen on next use."""
+        with self._lock:
+            if self._redis is not None and self._pid == os.getpid():
+                self._redis.close()
+                self._redis.connection_pool.disconnect()
+            self._redis, self._scripts = None, None
+
+    # -- key names ------------------------------------------------------------------------------
+
+    def _base(self, queue: str) -> str:
+        """The common start of a queue's keys; the hash tag keeps them in one cluster slot."""
+        return f"{self.prefix}{{{queue}}}:"
+
+    def _key(self, key: str) -> str:
+        """Where ``put`` stores ``key``; its notification channel has the same name."""
+        return f"{self.prefix}key:{key}"
+
+    # -- queues ---------------------------------------------------------------------------------
+
+    def publish(
+        self, queue: str, body: bytes, *, due: float | None = None, priority: int = 0
+    ) -> str:
+        """Put ``body`` on ``queue``; return the message id."""
+        return self.publish_many([(queue, body, due, priority)])[0]
+
+    @_translated
+    def publish_many(self, items: Iterable[tuple[str, bytes, float | None, int]]) -> list[str]:
+        """Publish ``(queue, body, due, priority)`` items, all or none, in one round trip."""
+        batch = list(items)
+        for queue, body, due, priority in batch:
+            check_message(queue, body, due, priority)
+        chunks = [batch[i : i + PUBLISH_CHUNK] for i in range(len(batch))[::PUBLISH_CHUNK]]
+        scripts = self._script()
+        if len(chunks) == 1:
+            return [str(i) for i in scripts.publish(*self._publish_args(chunks[0]))]
+        with self._client().pipeline(transaction=True) as pipe:
+            for chunk in chunks:
+                keys, args = self._publish_args(chunk)
+                scripts.publish(keys, args, client=pipe)
+            return [str(i) for ids in pipe.execute() for i in ids]
+
+    def _publish_args(
+        self, chunk: list[tuple[str, bytes, float | None, int]]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the publish script for ``chunk``."""
+        keys: list[str] = [self.prefix + "ids"]
+        args: list[Any] = []
+        for queue, body, due, priority in chunk:
+            base = self._base(queue)
+            keys += [base + "ready", base + "delayed", base + "wake"]
+            args += [base, body, priority, "" if due is None else repr(due * 1000)]
+        return keys, args
+
+    def fetch(
+        self,
+        queues: Sequence[str],
+        limit: int = 1,
+        timeout: float = 0.0,
+        lease: float = DEFAULT_LEASE,
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` deliverable messages; wait up to ``timeout`` for the first."""
+        names = check_fetch(queues, limit, timeout, lease)
+        deadline = time.monotonic() + timeout
+        while True:
+            deliveries, wait = self._claim(names, limit, lease)
+            left = deadline - time.monotonic()
+            if deliveries or left <= 0:
+                return deliveries
+            if wait is not None:
+                left = min(left, wait)
+            self._block(names, min(left, self.socket_timeout))
+
+    @_translated
+    def _claim(
+        self, queues: list[str], limit: int, lease: float
+    ) -> tuple[list[Delivery], float | None]:
+        """One claim: the deliveries, and else the seconds until a timer may change that."""
+        keys: list[str] = []
+        args: list[Any] = [limit, _ms(lease), self.max_deliveries, secrets.token_hex(8) + "-"]
+        args += [self.prefix + "dead:", TIMER_BATCH]
+        for queue in queues:
+            base = self._base(queue)
+            keys += [base + "ready", base + "delayed", base + "leased", base + "wake"]
+            args += [queue, base]
+        reply = self._script().claim([*keys, self.prefix + "dead"], args)
+        wait_ms = int(reply[0])
+        deliveries = [
+            Delivery(
+                queue=queues[int(reply[i]) - 1],
+                body=reply[i + 2],
+                message_id=reply[i + 1].decode(),
+                lease=reply[i + 5].decode(),
+                deliveries=int(reply[i + 4]),
+                priority=int(reply[i + 3]),
+            )
+            for i in range(1, len(reply), 6)
+        ]
+        return deliveries, (None if wait_ms < 0 else wait_ms / 1000)
+
+    def _block(self, queues: list[str], seconds: float) -> None:
+        """Wait up to ``seconds`` for a token on the wake list of one of ``queues``.
+
+        Redis checks blocking timeouts only ``hz`` times a second (every 100 ms by default), too
+        coarse for due times; so the wait is timed here, and ended early with CLIENT UNBLOCK.
+        """
+        if seconds < 0.001:
+            return
+        wake_keys = [self._base(queue) + "wake" for queue in queues]
+        try:
+            with self._borrowed() as conn:
+                conn.send_command("CLIENT", "ID")
+                conn.send_command("BLPOP", *wake_keys, f"{seconds:.3f}")
+                client_id = conn.read_response()
+                if not conn.can_read(timeout=seconds):
+                    self._unblock(client_id)
+                conn.read_response()
+        except redis.exceptions.ConnectionError:
+            pass  # the next claim reconnects, with retries, or reports the error
+
+    def _unblock(self, client_id: int) -> None:
+        """End our own BLPOP now; where CLIENT UNBLOCK is not allowed, its timeout ends it."""
+        try:
+            self._client().client_unblock(client_id)
+        except ResponseError:
+            pass
+
+    @_translated
+    def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Acknowledge several deliveries with one script call."""
+        return self.complete([(delivery, None) for delivery in deliveries])
+
+    def ack(self, delivery: Delivery) -> bool:
+        """Delete a delivered message; ``False`` if the lease was lost."""
+        return self.ack_many([delivery])[0]
+
+    @_translated
+    def complete(self, items: Sequence[tuple[Delivery, KeyWrite | None]]) -> list[bool]:
+        """Acknowledge and store results in one script call; a lost lease stores nothing."""
+        if not items:
+            return []
+        keys: list[str] = []
+        args: list[Any] = []
+        for delivery, write in items:
+            base = self._base(delivery.queue)
+            keys += [base + "leased", base + "m:" + delivery.message_id]
+            if write is None:
+                keys.append(base + "leased")  # a key of the same slot, never written
+                args += [delivery.message_id, delivery.lease, "0", "", "0", ""]
+                continue
+            key, value, ttl = write
+            check_key(key, value, ttl)
+            keys.append(self._key(key))
+            ttl_ms = "0" if ttl is None else _ms(ttl)
+            args += [delivery.message_id, delivery.lease, "1", value, ttl_ms, self._key(key)]
+        return [bool(done) for done in self._script().complete(keys, args)]
+
+    @_translated
+    def release(self, delivery: Delivery, reason: str | None = None) -> bool:
+        """Give a delivery back; with ``reason`` it counts as a failed delivery."""
+        base = self._base(delivery.queue)
+        keys = [base + "leased", base + "ready", base + "wake", base + "m:" + delivery.message_id]
+        args = [delivery.message_id, delivery.lease, "0" if reason is None else "1", reason or ""]
+        args += [self.max_deliveries, delivery.queue, self.prefix + "dead:"]
+        return bool(self._script().release([*keys, self.prefix + "dead"], args))
+
+    @_translated
+    def retry(self, delivery: Delivery, due: float | None, body: bytes | None = None) -> bool:
+        """Put a delivered message back at ``due``, with a new body if given."""
+        if body is not None:
+            check_bytes("body", body)
+        check_due(due)
+        base = self._base(delivery.queue)
+        keys = [base + "leased", base + "ready", base + "delayed", base + "wake"]
+        keys.append(base + "m:" + delivery.message_id)
+        args: list[Any] = [delivery.message_id, delivery.lease]
+        args += ["" if due is None else repr(due * 1000), "0" if body is None else "1", body or b""]
+        return bool(self._script().retry(keys, args))
+
+    @_translated
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[Delivery]:
+        """Renew leases for ``lease`` seconds from now; return those still held."""
+        check_lease(lease)
+        if not deliveries:
+            return []
+        keys: list[str] = []
+        args: list[Any] = [_ms(lease)]
+        for delivery in deliveries:
+            base = self._base(delivery.queue)
+            keys += [base + "leased", base + "m:" + delivery.message_id]
+            args += [delivery.message_id, delivery.lease]
+        held = self._script().extend(keys, args)
+        return [delivery for delivery, ok in zip(deliveries, held, strict=True) if ok]
+
+    @_translated
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        """Move a delivered message to the dead-letter queue."""
+        base = self._base(delivery.queue)
+        keys = [base + "leased", base + "m:" + delivery.message_id, self.prefix + "dead"]
+        args = [delivery.message_id, delivery.lease, reason, delivery.queue, self.prefix + "dead:"]
+        return bool(self._script().dead_letter(keys, args))
+
+    @_translated
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+        client = self._client()
+        ids = [i.decode() for i in client.zrevrange(self.prefix + "dead", 0, limit - 1)]
+        fields = ("queue", "body", "reason", "deliveries", "dead_at", "history")
+        with client.pipeline(transaction=False) as pipe:
+            for message_id in ids:
+                pipe.hmget(self.prefix + "dead:" + message_id, fields)
+            rows = pipe.execute()
+        letters = [
+            DeadLetter(
+                message_id=message_id,
+                queue=queue.decode(),
+                body=body,
+                reason=reason.decode(),
+                deliveries=int(deliveries),
+                dead_at=float(dead_at),
+                history=json.loads(history or b"[]"),
+            )
+            for message_id, (queue, body, reason, deliveries, dead_at, history) in zip(
+                ids, rows, strict=True
+            )
+            if queue is not None  # redriven between the two reads
+        ]
+        # Letters buried by one script share a time: the newer id comes first, as elsewhere.
+        return sorted(letters, key=lambda d: (d.dead_at, int(d.message_id)), reverse=True)
+
+    @_translated
+    def redrive(self, message_id: str) -> bool:
+        """Put a dead letter back on its queue with a fresh delivery count."""
+        letter = self.prefix + "dead:" + message_id
+        queue = self._client().hget(letter, "queue")
+        if queue is None:
+            return False
+        base = self._base(queue.decode())
+        keys = [self.prefix + "dead", letter, base + "ready", base + "wake", base + "m:" + message_id]
+        return bool(self._script().redrive(keys, [message_id]))
+
+    @_translated
+    def size(self, queue: str) -> int:
+        """Messages on ``queue`` that are not acknowledged (ready, delayed or leased)."""
+        check_name("queue", queue)
+        base = self._base(queue)
+        with self._client().pipeline(transaction=True) as pipe:
+            for state in ("ready", "delayed", "leased"):
+                pipe.zcard(base + state)
+            return sum(pipe.execute())
+
+    @_translated
+    def purge(self, queue: str) -> int:
+        """Delete the messages of ``queue`` that are not leased; return how many."""
+        check_name("queue", queue)
+        base = self._base(queue)
+        keys = [base + "ready", base + "delayed"]
+        total = 0
+        while removed := int(self._script().purge(keys, [base, PURGE_BATCH])):
+            total += removed
+        return total
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    @_translated
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``, expiring after ``ttl`` seconds if given."""
+        check_key(key, value, ttl)
+        name = self._key(key)
+        with self._client().pipeline(transaction=False) as pipe:
+            pipe.set(name, value, px=None if ttl is None else _ms(ttl))
+            pipe.publish(name, b"")  # wakes ``wait`` at once
+            pipe.execute()
+
+    @_translated
+    def get(self, key: str) -> bytes | None:
+        """The value under ``key``, or ``None``."""
+        check_name("key", key)
+        value: bytes | None = self._client().get(self._key(key))
+        return value
+
+    @_translated
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present."""
+        check_name("key", key)
+        self._client().delete(self._key(key))
+
+    @_translated
+    def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Add ``amount`` to the integer under ``key`` (0 if absent); return the new value."""
+        check_key(key, b"", ttl)
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise TypeError(f"amount must be an int, not {type(amount).__name__}")
+        name = self._key(key)
+        ttl_ms = "0" if ttl is None else _ms(ttl)
+        try:
+            return int(self._script().incr([name], [amount, ttl_ms, name]))
+        except ResponseError as exc:
+            if "not an integer" in str(exc):
+                raise ValueError(f"key {key!r} does not hold an integer") from None
+            raise
+
+    @_translated
+    def wait(self, key: str, timeout: float | None = None) -> bytes | None:
+        """Block until ``key`` exists; return its value, or ``None`` after ``timeout``.
+
+        Subscribes to the key's channel (which every write publishes on) before looking, so a
+        write between the look and the wait still wakes us.
+        """
+        value = self.get(key)
+        if value is not None or (timeout is not None and timeout <= 0):
+            return value
+        deadline = None if timeout is None else time.monotonic() + timeout
+        channel = self._key(key)
+        with self._borrowed() as conn:
+            conn.send_command("SUBSCRIBE", channel)
+            conn.read_response()
+            while (value := self.get(key)) is None:
+                left = self.socket_timeout if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if conn.can_read(timeout=min(left, self.socket_timeout)):
+                    conn.read_response()
+            conn.send_command("UNSUBSCRIBE", channel)
+            while _kind(conn.read_response()) != b"unsubscribe":
+                pass  # notifications that came in meanwhile; the pool gets a clean connection
+        return value
+
+    # -- topics ---------------------------------------------------------------------------------
+
+    @_translated
+    def broadcast(self, topic: str, body: bytes) -> None:
+        """Append ``body`` to ``topic`` for every current listener."""
+        check_topic(topic, body)
+        self._client().publish(self.prefix + "topic:" + topic, body)
+
+    @_translated
+    def listen(self, topics: Sequence[str]) -> Subscription:
+        """Subscribe to ``topics`` from now on."""
+        names = {self.prefix + "topic:" + topic: topic for topic in sorted(check_topics(topics))}
+        return _RedisSubscription(self, self._client().pubsub(), names)
+
+
+class _RedisSubscription(Subscription):
+    """A pub/sub connection of its own; redis-py subscribes it again after a reconnect."""
+
+    #: Longest wait between checks for ``close`` from another thread.
+    SLICE = 0.1
+
+    def __init__(self, transport: RedisTransport, pubsub: PubSub, channels: dict[str, str]) -> None:
+        self._transport = transport
+        self._pubsub = pubsub
+        self._topics = {channel.encode(): topic for channel, topic in channels.items()}
+        self._lock = threading.Lock()
+        self._closed = self._reading = False
+        pubsub.subscribe(*channels)
+        # Wait for every confirmation: from then on a broadcast reaches us.
+        waiting = set(self._topics)
+        deadline = time.monotonic() + transport.socket_timeout
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            message = pubsub.get_message(timeout=left)
+            if message is not None and message["type"] == "subscribe":
+                waiting.discard(message["channel"])
+        if waiting:
+            pubsub.close()
+            raise TransportError(f"Redis broker {transport.location}: subscribing timed out")
+
+    def get(self, timeout: float | None = None) -> list[tuple[str, bytes]]:
+        """Return ``(topic, body)`` pairs broadcast since the last call; wait up to ``timeout``."""
+        with self._lock:
+            if self._closed:
+                return []
+            self._reading = True
+        try:
+            return self._read(timeout)
+        except RedisError as exc:
+            raise TransportError(f"Redis broker {self._transport.location}: {exc}") from exc
+        finally:
+            with self._lock:
+                self._reading = False
+                if self._closed:
+                    self._pubsub.close()
+
+    def _read(self, timeout: float | None) -> list[tuple[str, bytes]]:
+        """Wait for the first message, then take whatever else has arrived."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        items: list[tuple[str, bytes]] = []
+        wait = 0.0 if timeout is None else max(timeout, 0.0)
+        while not self._closed:
+            message = self._pubsub.get_message(timeout=min(wait, self.SLICE))
+            if message is not None and message["type"] == "message":
+                items.append((self._topics[message["channel"]], message["data"]))
+                wait = 0.0  # drain what is already here, without waiting for more
+            elif message is None and (items or (deadline is not None and time.monotonic() >= deadline)):
+                break
+            elif message is None:
+                wait = self.SLICE if deadline is None else deadline - time.monotonic()
+        return items
+
+    def close(self) -> None:
+        """Stop listening; a ``get`` running in another thread returns within ``SLICE``."""
+        with self._lock:
+            self._closed = True
+            if not self._reading:
+                self._pubsub.close()
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> int:
+    """Whole milliseconds, rounded up so that nothing expires early, and at least one."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _kind(reply: Any) -> bytes | None:
+    """The kind of a pub/sub reply (``message``, ``unsubscribe``, ...)."""
+    return reply[0] if isinstance(reply, list) and reply else None
+
+
+def _masked(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _get_connection(pool: ConnectionPool) -> Connection:
+    """A connection from ``pool``; redis-py before 5.3 wants a command name."""
+    try:
+        conn = pool.get_connection()
+    except TypeError:  # pragma: no cover - old redis-py
+        conn = pool.get_connection("BLPOP")  # type: ignore[call-arg,unused-ignore]
+    return conn  # type: ignore[no-any-return,unused-ignore]
