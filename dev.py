@@ -52,12 +52,17 @@ def demo(args: list[str]) -> None:
 def test(args: list[str]) -> None:
     """Lint, type-check and run the whole test suite."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    run([str(BIN / "ruff"), "check", "celeriac", "tests", "examples", "dev.py"], env=env)
+    run([str(BIN / "ruff"), "check", "celeriac", "tests", "examples", "bench", "dev.py"], env=env)
     run([str(BIN / "mypy")], env=env)
     run([str(PYTHON), "-m", "pytest", *args], env=env)
 
 
-COMMANDS = {"demo": demo, "test": test}
+def bench(args: list[str]) -> None:
+    """Measure celeriac and the bare-client ceiling in one run; print a table, write JSON."""
+    run([str(PYTHON), "-m", "bench", *args])
+
+
+COMMANDS = {"demo": demo, "test": test, "bench": bench}
 
 
 def main() -> None:

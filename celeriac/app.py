@@ -266,6 +266,30 @@ class Celeriac:
         signals.after_task_publish.send(sender=name, message=message)
         return AsyncResult(message.id, self, name)
 
+    def send_many(self, calls: Iterable[Any]) -> list[AsyncResult[Any]]:
+        """Publish many tasks in one batch: a single broker round trip per call of this.
+
+        Each call is ``(task_or_name, args, kwargs)``, ``(task_or_name, args, kwargs,
+        options)``, or a signature-like mapping with ``task``, ``args``, ``kwargs`` and
+        ``options``. Every message is built and encoded before anything is published, so a
+        bad call publishes nothing.
+        """
+        from celeriac.result import AsyncResult
+
+        prepared: list[tuple[Message, bytes]] = []
+        for call in calls:
+            target, args, kwargs, options = _unpack_call(call)
+            task = target if isinstance(target, Task) else self.tasks.get(target)
+            name = target.name if isinstance(target, Task) else target
+            _check_call_arguments(name, args, kwargs)
+            message = self.build_message(name, args, kwargs, task=task, **options)
+            serializer = options.get("serializer") or (task and task.serializer)
+            prepared.append((message, encode(message, serializer or self.conf.task_serializer)))
+        self.broker.publish_many(
+            (m.queue, body, m.due_timestamp(), m.priority) for m, body in prepared
+        )
+        return [AsyncResult(m.id, self, m.task) for m, _ in prepared]
+
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         """A result handle for a task id."""
         from celeriac.result import AsyncResult
@@ -374,6 +398,20 @@ def _check_call_arguments(name: Any, args: Any, kwargs: Any) -> None:
         raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+
+
+def _unpack_call(call: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``(target, args, kwargs, options)`` from a tuple or a signature-like mapping."""
+    if isinstance(call, dict):
+        if "task" not in call:
+            raise TypeError(f"a call mapping needs a 'task' key: {call!r}")
+        return call["task"], call.get("args"), call.get("kwargs"), dict(call.get("options") or {})
+    if isinstance(call, tuple | list) and len(call) in (3, 4):
+        options = dict(call[3]) if len(call) == 4 and call[3] else {}
+        return call[0], call[1], call[2], options
+    raise TypeError(
+        f"each call is (task, args, kwargs[, options]) or a signature, not {call!r}"
+    )
 
 
 def _iterable(value: Any) -> bool:

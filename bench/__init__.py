@@ -1,0 +1,1 @@
+"""celeriac's benchmark: ``python3 dev.py bench`` (see ``bench/__main__.py``)."""

@@ -1,0 +1,144 @@
+"""celeriac's benchmark: ``python3 dev.py bench [--engines sqlite] [--tasks 20000]``.
+
+For each engine it measures, in one run, celeriac and the ceiling (bare client code doing
+the same broker work per task) and prints the ratio; it writes every figure to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # benchtasks, as the worker processes import it
+
+DRAIN_CONFIGS = (("prefork", 2), ("prefork", 4), ("threads", 4), ("solo", 1))
+
+
+def run_engine(url: str, engine: str, tasks: int, work: Path) -> dict[str, Any]:
+    """Every scenario on one engine, celeriac and ceiling."""
+    os.environ["CELERIAC_BROKER_URL"] = url
+    import benchtasks
+
+    from bench import scenarios
+
+    app = benchtasks.app
+    app.close()
+    app.broker.purge("celeriac")
+    body = _sample_body(app)
+    figures: dict[str, Any] = {"engine": engine, "url": url, "body_bytes": len(body)}
+    figures["enqueue_one"] = scenarios.enqueue_one(app, tasks)
+    figures["enqueue_bulk"] = scenarios.enqueue_bulk(app, tasks)
+    drains = {
+        f"{pool} -c {c}": scenarios.drain(app, url, tasks, pool, c, work)
+        for pool, c in DRAIN_CONFIGS
+    }
+    best = max(drains, key=drains.__getitem__)
+    figures["drain"] = {"best": drains[best], "config": best, "all": drains}
+    figures["round_trip_ms"] = scenarios.round_trip(app, url, 1000, work)
+    figures["idle_memory"] = scenarios.idle_memory(url, work)
+    figures["ceiling"] = ceiling(engine, body, tasks, work)
+    app.broker.purge("celeriac")
+    return figures
+
+
+def _sample_body(app: Any) -> bytes:
+    from celeriac.message import encode
+
+    return encode(app.build_message("benchtasks.noop", (12345,)))
+
+
+def ceiling(engine: str, body: bytes, tasks: int, work: Path) -> dict[str, Any]:
+    """The bare-client figures for ``engine``."""
+    if engine != "sqlite":
+        return {}
+    from bench import ceiling_sqlite as bare
+
+    path = work / "ceiling.sqlite3"
+    drains = {p: bare.drain(path, body, tasks, p) for p in (2, 4)}
+    best = max(drains, key=drains.__getitem__)
+    return {
+        "enqueue_one": bare.enqueue_one(path, body, tasks),
+        "enqueue_bulk": bare.enqueue_bulk(path, body, tasks),
+        "drain": {"best": drains[best], "config": f"{best} processes", "all": drains},
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The figures as a table with ratios to the ceiling."""
+    rows: list[tuple[str, ...]] = [("engine", "scenario", "celeriac", "ceiling", "ratio", "target")]
+    for r in results:
+        bare = r["ceiling"]
+        rows += [
+            _rate_row(r, "enqueue one by one", r["enqueue_one"], bare.get("enqueue_one"), 0.9),
+            _rate_row(r, "enqueue bulk", r["enqueue_bulk"], bare.get("enqueue_bulk"), 0.5),
+            _rate_row(
+                r, f"drain ({r['drain']['config']})", r["drain"]["best"],
+                bare.get("drain", {}).get("best"), 0.6,
+            ),
+        ]  # fmt: skip
+        rt = r["round_trip_ms"]
+        rows.append((r["engine"], "round trip p50/p95/p99",
+                     f"{rt['p50']:.2f}/{rt['p95']:.2f}/{rt['p99']:.2f} ms", "", "",
+                     "p50 <= 1, p99 <= 3 ms"))  # fmt: skip
+        mem = r["idle_memory"]
+        sizes = f"{mem['largest_mb']}/{mem['total_mb']} MB"
+        rows.append((r["engine"], "idle worker RSS (largest/total)", sizes, "", "",
+                     "< 40 MB a process"))  # fmt: skip
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))
+                     for row in rows)  # fmt: skip
+
+
+def _rate_row(
+    r: dict[str, Any], name: str, ours: float, bare: float | None, target: float
+) -> tuple[str, ...]:
+    ratio = f"{ours / bare:.2f}" if bare else ""
+    return (r["engine"], name, f"{ours:,.0f}/s", f"{bare:,.0f}/s" if bare else "", ratio,
+            f">= {target:.2f} of ceiling")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python3 dev.py bench", description=__doc__)
+    parser.add_argument("--engines", default="sqlite", help="comma-separated: sqlite")
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--json", default=str(HERE.parent / ".bench" / "latest.json"))
+    options = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="celeriac-bench-") as tmp:
+        work = Path(tmp)
+        for engine in options.engines.split(","):
+            url = broker_url(engine.strip(), work)
+            results.append(run_engine(url, engine.strip(), options.tasks, work))
+    header = (f"celeriac benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+              f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+              f"{options.tasks:,} tasks")  # fmt: skip
+    print(header)
+    print(table(results))
+    out = Path(options.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"header": header, "results": results}, indent=2))
+    print(f"\nfigures written to {out}")
+    return 0
+
+
+def broker_url(engine: str, work: Path) -> str:
+    """The broker URL for an engine name."""
+    if engine == "sqlite":
+        return f"sqlite:///{work / 'bench.sqlite3'}"
+    raise SystemExit(f"unknown engine {engine!r}; choose sqlite")
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    code = main()
+    print(f"(took {time.perf_counter() - started:.0f} s)")
+    raise SystemExit(code)
