@@ -44,7 +44,7 @@ def run_engine(url: str, engine: str, tasks: int, work: Path) -> dict[str, Any]:
     best = max(drains, key=drains.__getitem__)
     figures["drain"] = {"best": drains[best], "config": best, "all": drains}
     figures["round_trip_ms"] = scenarios.round_trip(app, url, 1000, work)
-    figures["idle_memory"] = scenarios.idle_memory(url, work)
+    figures["idle_memory"] = scenarios.idle_memory(app, url, work)
     figures["ceiling"] = ceiling(engine, body, tasks, work)
     app.broker.purge("celeriac")
     return figures

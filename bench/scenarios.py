@@ -63,7 +63,7 @@ def round_trip(app: Celeriac, url: str, n: int, work: Path) -> dict[str, float]:
     worker = start_worker(url, "prefork", 2, log)
     noop = app.tasks["benchtasks.noop"]
     try:
-        wait_ready(log, worker)
+        wait_ready(app, worker)
         for i in range(50):  # warm up both ends
             noop.delay(i).get(timeout=30)
         samples = []
@@ -77,12 +77,12 @@ def round_trip(app: Celeriac, url: str, n: int, work: Path) -> dict[str, float]:
     return {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]}
 
 
-def idle_memory(url: str, work: Path, concurrency: int = 2) -> dict[str, Any]:
+def idle_memory(app: Celeriac, url: str, work: Path, concurrency: int = 2) -> dict[str, Any]:
     """RSS of an idle prefork worker: each process and the total, in MB."""
     log = work / "idle.log"
     worker = start_worker(url, "prefork", concurrency, log)
     try:
-        wait_ready(log, worker)
+        wait_ready(app, worker)
         time.sleep(1.0)  # let it settle into its idle loop
         sizes = sorted(group_rss_kib(worker.pid), reverse=True)
     finally:
