@@ -73,7 +73,7 @@ class Consumer:
         self._next_id = 0
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.finisher = Finisher(app, self._release_budget)
+        self.finisher = Finisher(app)
 
     # -- the threads ----------------------------------------------------------------------
 
@@ -242,9 +242,11 @@ class Consumer:
             else:
                 to_complete.append((item.delivery, write))
         if to_complete:
-            self.finisher.submit(to_complete)  # releases their budget once written
+            self.finisher.submit(to_complete)
         self.processed += len(batch)
-        self._release_budget(settled)
+        # Prefetch bounds work not yet done: a finished job frees its slot at once, while
+        # the finisher writes its result, so fetching overlaps with writing.
+        self._release_budget(settled + len(to_complete))
 
     def _settle(self, item: Inflight, done: JobDone, write: KeyWrite | None) -> bool:
         """End deliveries that are not simply completed: retries, rejections, early acks.

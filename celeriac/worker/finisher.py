@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from celeriac.transports.base import Delivery, KeyWrite
@@ -26,9 +25,8 @@ Item = tuple[Delivery, KeyWrite | None]
 class Finisher:
     """A thread that completes deliveries (ack + result) in batches."""
 
-    def __init__(self, app: Celeriac, on_done: Callable[[int], None]) -> None:
+    def __init__(self, app: Celeriac) -> None:
         self.app = app
-        self.on_done = on_done
         self._items: list[Item] = []
         self._cond = threading.Condition()
         self._stopping = False
@@ -74,7 +72,6 @@ class Finisher:
             finally:
                 with self._cond:
                     self._busy = False
-                self.on_done(len(batch))
 
     def _write(self, batch: list[Item]) -> None:
         """Ack and store; one atomic step when the results live in the broker."""
