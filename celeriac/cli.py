@@ -248,7 +248,7 @@ def _worker_parser(commands: Any) -> None:
     worker = _command(commands, "worker", cmd_worker, "run a worker")
     worker.add_argument("-l", "--loglevel", type=_loglevel, default="WARNING")
     worker.add_argument("-c", "--concurrency", type=_positive_int)
-    worker.add_argument("-P", "--pool", choices=("prefork", "threads", "solo"))
+    worker.add_argument("-P", "--pool", choices=("prefork", "threads", "asyncio", "solo"))
     worker.add_argument("-Q", "--queues", type=_queues)
     worker.add_argument("-n", "--hostname", help="node name, e.g. w1@%%h")
     worker.add_argument("-E", "--task-events", dest="events", action="store_true")

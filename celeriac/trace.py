@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import signal
+import threading
 import time
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
 from celeriac.backend import format_traceback
-from celeriac.errors import Ignore, Reject, Retry
+from celeriac.errors import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celeriac.task import Request, Task, pop_request, push_request
 
 if TYPE_CHECKING:
@@ -34,12 +38,70 @@ class Outcome:
     requeue: bool = False
 
 
+_loops = threading.local()
+
+
+def thread_loop() -> asyncio.AbstractEventLoop:
+    """This thread's event loop for ``async def`` tasks, made once and kept."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _loops.loop = asyncio.new_event_loop()
+    return loop
+
+
+@contextlib.contextmanager
+def soft_time_limit(seconds: float | None) -> Iterator[None]:
+    """Give the tasks called in this thread a soft time limit (see ``call_task``)."""
+    _loops.soft = seconds
+    try:
+        yield
+    finally:
+        _loops.soft = None
+
+
 def call_task(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
-    """Call the function; a coroutine function runs to completion on an event loop."""
-    value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
+    """Call the function; a coroutine function runs to completion on this thread's loop.
+
+    The soft time limit raises ``SoftTimeLimitExceeded`` inside the task: a coroutine is
+    cancelled by the loop's timeout; a plain function is interrupted by SIGALRM, which only
+    the main thread can receive (threads cannot be interrupted; their limit is not enforced).
+    """
+    soft = getattr(_loops, "soft", None)
+    with _alarm(soft if not inspect.iscoroutinefunction(task.run) else None):
+        value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
     if inspect.iscoroutine(value):
-        return asyncio.run(value)
+        return thread_loop().run_until_complete(_within(value, soft) if soft else value)
     return value
+
+
+async def _within(coro: Coroutine[Any, Any, Any], seconds: float) -> Any:
+    """Await ``coro``; past ``seconds`` it is cancelled and SoftTimeLimitExceeded raised."""
+    try:
+        async with asyncio.timeout(seconds) as scope:
+            return await coro
+    except TimeoutError:
+        if scope.expired():
+            raise SoftTimeLimitExceeded(f"soft time limit ({seconds}s) exceeded") from None
+        raise
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float | None) -> Iterator[None]:
+    """Raise SoftTimeLimitExceeded in the main thread after ``seconds``."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise SoftTimeLimitExceeded(f"soft time limit ({seconds}s) exceeded")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def trace_task(task: Task[Any, Any], request: Request) -> Outcome:
@@ -64,18 +126,53 @@ def _run(task: Task[Any, Any], request: Request) -> Outcome:
     """Call the task and classify how it ended."""
     try:
         value = call_task(task, request.args, request.kwargs)
-    except Retry as retry:
-        return _retried(task, request, retry)
-    except Ignore:
-        return Outcome(IGNORED)
-    except Reject as reject:
-        return Outcome(states.REJECTED, reject, requeue=reject.requeue)
     except BaseException as exc:  # SystemExit in a task is its failure, not the worker's exit
-        if task.autoretry_for and isinstance(exc, task.autoretry_for):
-            return _autoretry(task, request, exc)  # type: ignore[arg-type]
-        return _failed(task, request, exc)
+        return classify_error(task, request, exc)
+    return succeeded(task, value)
+
+
+async def trace_task_async(task: Task[Any, Any], request: Request) -> Outcome:
+    """``trace_task`` for the asyncio pool: a coroutine task is awaited on the running loop."""
+    token = push_request(task, request)
+    send = {"sender": task, "task_id": request.id, "task": task}
+    signals.task_prerun.send(**send, args=request.args, kwargs=request.kwargs)
+    started = time.perf_counter()
+    try:
+        fn, args = (task.run, [task, *request.args]) if task.bind else (task.run, request.args)
+        value = fn(*args, **request.kwargs)
+        if inspect.iscoroutine(value):
+            value = await value
+    except BaseException as exc:
+        outcome = classify_error(task, request, exc)
+    else:
+        outcome = succeeded(task, value)
+    finally:
+        pop_request(token)
+    outcome.runtime = time.perf_counter() - started
+    signals.task_postrun.send(
+        **send, args=request.args, kwargs=request.kwargs, retval=outcome.result,
+        state=outcome.state,
+    )  # fmt: skip
+    return outcome
+
+
+def succeeded(task: Task[Any, Any], value: Any) -> Outcome:
+    """The outcome of a task that returned."""
     signals.task_success.send(sender=task, result=value)
     return Outcome(states.SUCCESS, value)
+
+
+def classify_error(task: Task[Any, Any], request: Request, exc: BaseException) -> Outcome:
+    """The outcome of a task that raised: a retry, a rejection, or a failure."""
+    if isinstance(exc, Retry):
+        return _retried(task, request, exc)
+    if isinstance(exc, Ignore):
+        return Outcome(IGNORED)
+    if isinstance(exc, Reject):
+        return Outcome(states.REJECTED, exc, requeue=exc.requeue)
+    if task.autoretry_for and isinstance(exc, task.autoretry_for):
+        return _autoretry(task, request, exc)  # type: ignore[arg-type]
+    return _failed(task, request, exc)
 
 
 def _autoretry(task: Task[Any, Any], request: Request, exc: Exception) -> Outcome:

@@ -428,3 +428,12 @@ def test_retiring_pool_processes_lose_no_delivery(
     assert lost == [], lost  # recycling a process is not a crash
     assert outcomes == [states.SUCCESS] * 20
     assert producer.broker.dead_letters() == []
+
+
+def test_a_solo_worker_enforces_soft_time_limits_in_its_main_thread(
+    producer: Celeriac, start_worker_process: StartWorker
+) -> None:
+    start_worker_process(MODULE, "-P", "solo")
+    soft = send(producer, "soft_limited", 10, soft_time_limit=0.3)
+    assert soft.get(timeout=20) == "soft limit caught"
+    assert send(producer, "add", 4, 4).get(timeout=20) == 8

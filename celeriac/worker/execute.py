@@ -57,7 +57,7 @@ def run_message(
     if task.track_started or (task.track_started is None and app.conf.task_track_started):
         app.results.store(message.id, states.STARTED, {"hostname": hostname, "pid": _pid()})
     outcome = trace_task(task, request)
-    return _describe(app, job_id, message, hostname, outcome)
+    return describe_outcome(app, job_id, message, hostname, outcome)
 
 
 def failed_job(app: Celeriac, job_id: int, message: Message, exc: BaseException) -> JobDone:
@@ -69,7 +69,7 @@ def failed_job(app: Celeriac, job_id: int, message: Message, exc: BaseException)
     return JobDone(job_id, states.FAILURE, meta=app.results.encode_meta(meta), summary=summary)
 
 
-def _describe(
+def describe_outcome(
     app: Celeriac, job_id: int, message: Message, hostname: str, outcome: Outcome
 ) -> JobDone:
     """Turn an outcome into the consumer's instructions."""

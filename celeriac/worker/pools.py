@@ -10,18 +10,15 @@ Events a pool puts on the queue::
 from __future__ import annotations
 
 import abc
-import contextlib
 import logging
 import queue
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celeriac.errors import SoftTimeLimitExceeded
+from celeriac.trace import soft_time_limit
 from celeriac.worker.execute import JobDone, failed_job, run_message
 
 if TYPE_CHECKING:
@@ -82,25 +79,6 @@ class Pool(abc.ABC):
     def info(self) -> str:
         """A short description for the banner."""
         return f"{self.concurrency} ({self.name})"
-
-
-@contextlib.contextmanager
-def soft_time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise SoftTimeLimitExceeded in this (main) thread after ``seconds``."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise SoftTimeLimitExceeded(f"soft time limit ({seconds}s) exceeded")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def run_job(app: Celeriac, job: Job, hostname: str) -> JobDone:
@@ -190,16 +168,20 @@ class ThreadPool(Pool):
 def create_pool(
     kind: str, app: Celeriac, concurrency: int, hostname: str, events: queue.SimpleQueue[Event]
 ) -> Pool:
-    """The pool named ``kind``: prefork, threads or solo."""
+    """The pool named ``kind``: prefork, threads, asyncio or solo."""
     if kind == "prefork":
         from celeriac.worker.prefork import PreforkPool
 
         return PreforkPool(app, concurrency, hostname, events)
+    if kind == "asyncio":
+        from celeriac.worker.asyncio_pool import AsyncioPool
+
+        return AsyncioPool(app, concurrency, hostname, events)
     if kind == "threads":
         return ThreadPool(app, concurrency, hostname, events)
     if kind == "solo":
         return SoloPool(app, concurrency, hostname, events)
-    raise ValueError(f"unknown pool {kind!r}; choose prefork, threads or solo")
+    raise ValueError(f"unknown pool {kind!r}; choose prefork, threads, asyncio or solo")
 
 
 def redirect_stdouts(level: str) -> None:
