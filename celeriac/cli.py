@@ -91,6 +91,8 @@ def cmd_worker(app: Celeriac, args: argparse.Namespace) -> int:
         app.conf.worker_send_task_events = True
     if args.max_tasks_per_child is not None:
         app.conf.worker_max_tasks_per_child = args.max_tasks_per_child
+    if args.max_memory_per_child is not None:
+        app.conf.worker_max_memory_per_child = args.max_memory_per_child
     if args.prefetch_multiplier is not None:
         app.conf.worker_prefetch_multiplier = args.prefetch_multiplier
     worker = Worker(
@@ -256,6 +258,7 @@ def _worker_parser(commands: Any) -> None:
     worker.add_argument("-f", "--logfile")
     worker.add_argument("--shutdown-timeout", type=_seconds)
     worker.add_argument("--max-tasks-per-child", type=_positive_int)
+    worker.add_argument("--max-memory-per-child", type=_positive_int, help="KiB")
     worker.add_argument("--prefetch-multiplier", type=_non_negative_int)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import StartWorker
-from helpers import sqlite_url, wait_until, write_module
+from helpers import run_cli, sqlite_url, wait_until, write_module
 
 from celeriac import Celeriac, TaskError, states
 from celeriac.errors import TaskRevokedError
@@ -437,3 +437,25 @@ def test_a_solo_worker_enforces_soft_time_limits_in_its_main_thread(
     soft = send(producer, "soft_limited", 10, soft_time_limit=0.3)
     assert soft.get(timeout=20) == "soft limit caught"
     assert send(producer, "add", 4, 4).get(timeout=20) == 8
+
+
+def test_max_memory_per_child_replaces_a_process_past_its_budget(
+    producer: Celeriac, start_worker_process: StartWorker
+) -> None:
+    # 1 KiB: every child is past its budget after its first task, so each is replaced.
+    worker = start_worker_process(
+        MODULE, "-P", "prefork", "-c", "2", "--max-memory-per-child", "1"
+    )
+    results = [send(producer, "pid") for _ in range(10)]
+    pids = get_all(results)
+    assert len(set(pids)) == 10  # one task per process
+    assert all(r.state == states.SUCCESS for r in results)
+    assert producer.broker.dead_letters() == []
+    assert "(limit 1 KiB): replacing it" in worker.log()
+
+
+def test_bad_worker_limits_are_usage_errors(tmp_path: Path) -> None:
+    for option in ("--max-memory-per-child", "--max-tasks-per-child"):
+        run = run_cli(["-A", "nothing_here", "worker", option, "0"], cwd=tmp_path)
+        assert run.returncode == 2
+        assert "at least 1" in run.stderr

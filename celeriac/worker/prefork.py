@@ -15,7 +15,9 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import resource
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -44,8 +46,8 @@ class _Child:
     job_id: int | None = None
     deadline: float | None = None
     killed: bool = False
-    #: jobs finished; at worker_max_tasks_per_child the child exits and gets no more work
-    done: int = 0
+    #: the child said it exits after its last job (task or memory limit): no more work
+    retiring: bool = False
 
 
 class PreforkPool(Pool):
@@ -127,10 +129,8 @@ class PreforkPool(Pool):
             logger.warning("pool process %s died before it could take a job", child.index)
 
     def _available(self, child: _Child) -> bool:
-        """Idle, alive, and not about to retire at its task limit."""
-        limit = self.app.conf.worker_max_tasks_per_child
-        retiring = limit is not None and child.done >= limit
-        return child.job_id is None and not child.killed and not retiring
+        """Idle, alive, and not retiring (a child past its task or memory limit exits)."""
+        return child.job_id is None and not child.killed and not child.retiring
 
     def check(self) -> None:
         """Kill children past their hard time limit; the job is reported as timed out."""
@@ -186,14 +186,15 @@ class PreforkPool(Pool):
 
     def _receive(self, child: _Child) -> None:
         try:
-            done: JobDone = child.conn.recv()
+            done: JobDone
+            done, retiring = child.conn.recv()
         except (EOFError, OSError):
             return  # the child died; its sentinel reports it
         with self._lock:
             if child.job_id != done.job_id:
                 return  # already reported as timed out
             child.job_id = child.deadline = None
-            child.done += 1
+            child.retiring = retiring
             job = self._next_for(child)
         if job is not None:
             self._send(child, job)
@@ -239,9 +240,9 @@ def _child_main(app: Celeriac, conn: Connection, hostname: str, index: int) -> N
         redirect_stdouts(app.conf.worker_redirect_stdouts_level)
     signals.worker_process_init.send(sender=None)
     accept = app.conf.accept_content
-    limit = app.conf.worker_max_tasks_per_child
     done = 0
-    while limit is None or done < limit:
+    retiring = False
+    while not retiring:
         try:
             item = conn.recv()
         except (EOFError, OSError, KeyboardInterrupt):
@@ -250,6 +251,24 @@ def _child_main(app: Celeriac, conn: Connection, hostname: str, index: int) -> N
             break
         job_id, body, delivery, soft = item
         message = decode(body, accept)
-        conn.send(run_job(app, Job(job_id, message, body, delivery, None, soft), hostname))
+        result = run_job(app, Job(job_id, message, body, delivery, None, soft), hostname)
         done += 1
+        retiring = _should_retire(app, done)
+        conn.send((result, retiring))
+    sys.stdout.flush()
     os._exit(0)
+
+
+def _should_retire(app: Celeriac, done: int) -> bool:
+    """True once this child ran its task budget or grew past its memory budget."""
+    limit = app.conf.worker_max_tasks_per_child
+    if limit is not None and done >= limit:
+        return True
+    memory = app.conf.worker_max_memory_per_child  # KiB, as Celery counts it
+    if memory is not None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        if peak > memory:
+            logger.warning("pool process %s used %d KiB (limit %d KiB): replacing it",
+                           os.getpid(), peak, memory)  # fmt: skip
+            return True
+    return False
