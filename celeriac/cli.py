@@ -105,6 +105,7 @@ def cmd_worker(app: Celeriac, args: argparse.Namespace) -> int:
         logfile=args.logfile,
         pidfile=args.pidfile,
         shutdown_timeout=args.shutdown_timeout,
+        health_file=args.health_file,
     )
     return worker.start()
 
@@ -257,6 +258,7 @@ def _worker_parser(commands: Any) -> None:
     worker.add_argument("--pidfile")
     worker.add_argument("-f", "--logfile")
     worker.add_argument("--shutdown-timeout", type=_seconds)
+    worker.add_argument("--health-file", help="touched every 2 s while the worker is healthy")
     worker.add_argument("--max-tasks-per-child", type=_positive_int)
     worker.add_argument("--max-memory-per-child", type=_positive_int, help="KiB")
     worker.add_argument("--prefetch-multiplier", type=_non_negative_int)

@@ -459,3 +459,16 @@ def test_bad_worker_limits_are_usage_errors(tmp_path: Path) -> None:
         run = run_cli(["-A", "nothing_here", "worker", option, "0"], cwd=tmp_path)
         assert run.returncode == 2
         assert "at least 1" in run.stderr
+
+
+def test_the_health_file_is_kept_fresh_and_removed_at_shutdown(
+    tmp_path: Path, producer: Celeriac, start_worker_process: StartWorker
+) -> None:
+    health = tmp_path / "healthy"
+    worker = start_worker_process(MODULE, "-P", "threads", "--health-file", str(health))
+    first = wait_until(lambda: health.exists() and health.stat().st_mtime, 10, "health file")
+    wait_until(lambda: health.stat().st_mtime > first, 10, "the health file to be touched again")
+    assert send(producer, "add", 1, 1).get(timeout=20) == 2
+    worker.terminate()
+    assert worker.wait() == 0
+    assert not health.exists()

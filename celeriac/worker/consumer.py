@@ -74,6 +74,8 @@ class Consumer:
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.finisher = Finisher(app)
+        #: monotonic times of the last main-loop step and successful broker call (health)
+        self.last_loop = self.last_broker_ok = time.monotonic()
 
     # -- the threads ----------------------------------------------------------------------
 
@@ -100,6 +102,7 @@ class Consumer:
                 logger.exception("fetching from the broker failed; trying again in 1s")
                 self.stopping.wait(1.0)
                 continue
+            self.last_broker_ok = time.monotonic()
             if deliveries:
                 with self._held_lock:
                     self._held += len(deliveries)
@@ -129,6 +132,7 @@ class Consumer:
         self._wind_down()
 
     def _step(self, timeout: float) -> None:
+        self.last_loop = time.monotonic()
         try:
             event = self.events.get(timeout=timeout)
         except queue.Empty:

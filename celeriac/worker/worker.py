@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from celeriac import __version__, signals
 from celeriac.worker.consumer import Consumer
+from celeriac.worker.health import HealthFile
 from celeriac.worker.pools import Event, create_pool, redirect_stdouts
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Worker:
         logfile: str | None = None,
         pidfile: str | None = None,
         shutdown_timeout: float | None = None,
+        health_file: str | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -65,6 +67,7 @@ class Worker:
         self.shutdown_timeout = (
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
+        self.health_file = health_file
         self._signals = 0
         self.consumer: Consumer | None = None
 
@@ -95,10 +98,15 @@ class Worker:
         if self.app.conf.worker_redirect_stdouts and self.pool_kind != "prefork":
             redirect_stdouts(self.app.conf.worker_redirect_stdouts_level)
         consumer.start()
+        health = HealthFile(self.health_file, consumer) if self.health_file else None
+        if health is not None:
+            health.start()
         logger.info("Connected to %s", _safe_url(self.app.broker_url))
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
         consumer.run()
+        if health is not None:
+            health.stop()
         consumer.wait_running(self.shutdown_timeout)
         if consumer.inflight:
             left = len(consumer.inflight)
