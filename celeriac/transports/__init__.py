@@ -14,6 +14,9 @@ __all__ = ["SCHEMES", "Delivery", "Subscription", "Transport", "open_transport"]
 SCHEMES: dict[str, str] = {
     "memory": "celeriac.transports.memory:MemoryTransport",
     "sqlite": "celeriac.transports.sqlite:SQLiteTransport",
+    "redis": "celeriac.transports.redis:RedisTransport",
+    "rediss": "celeriac.transports.redis:RedisTransport",
+    "unix": "celeriac.transports.redis:RedisTransport",
 }
 
 

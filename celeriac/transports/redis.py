@@ -52,7 +52,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from celeriac.errors import MissingExtraError, TransportError
 from celeriac.transports.base import (
@@ -79,7 +79,7 @@ try:
     from redis.backoff import ExponentialBackoff
     from redis.client import PubSub
     from redis.commands.core import Script
-    from redis.connection import Connection, ConnectionPool, parse_url
+    from redis.connection import ConnectionPool, parse_url
     from redis.exceptions import RedisError, ResponseError
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
@@ -107,7 +107,9 @@ R = TypeVar("R")
 
 # Helpers shared by every script. Numbers reach Redis through redis.call exactly; only string
 # concatenation (ids in key names) goes through Lua's "%.14g", fine below 10**14 ids.
-_LIB = f"local MAX_PRIORITY = {MAX_PRIORITY}\n" + r"""
+_LIB = (
+    f"local MAX_PRIORITY = {MAX_PRIORITY}\n"
+    + r"""
 local PRIORITY_SPAN = 70368744177664  -- 2^46: room for the ids of one priority band
 
 local function clock()  -- the server's time, in seconds and in whole milliseconds
@@ -147,10 +149,17 @@ local function bury(msg, id, queue, reason, now, dead, dead_prefix)
   redis.call('ZADD', dead, now, id)
 end
 
+local function zrem_all(key, ids)  -- unpack() takes some 8,000 values at most
+  for i = 1, #ids, 1000 do
+    redis.call('ZREM', key, unpack(ids, i, math.min(i + 999, #ids)))
+  end
+end
+
 local function held(msg, token)
   return redis.call('HGET', msg, 'lease') == token
 end
 """
+)
 
 # KEYS: ids, then per item ready, delayed, wake. ARGV per item: base, body, priority, due ms
 # ('' for now). Returns the new ids.
@@ -194,7 +203,7 @@ local function promote(q)  -- due delayed messages become ready
   for _, id in ipairs(due) do
     make_ready(q.ready, q.wake, q.base .. 'm:' .. id, id)
   end
-  if #due > 0 then redis.call('ZREM', q.delayed, unpack(due)) end
+  zrem_all(q.delayed, due)
 end
 
 local function reclaim(q)  -- expired leases: deliver again, or dead-letter at max deliveries
@@ -210,7 +219,7 @@ local function reclaim(q)  -- expired leases: deliver again, or dead-letter at m
       make_ready(q.ready, q.wake, msg, id)
     end
   end
-  if #expired > 0 then redis.call('ZREM', q.leased, unpack(expired)) end
+  zrem_all(q.leased, expired)
 end
 
 local function candidates()  -- the most urgent ready ids over all queues
@@ -259,7 +268,7 @@ for i, c in ipairs(candidates()) do
   table.insert(taken[c.q], c.id)
 end
 for qi, q in ipairs(queues) do
-  if taken[qi] then redis.call('ZREM', q.ready, unpack(taken[qi])) end
+  if taken[qi] then zrem_all(q.ready, taken[qi]) end
   if redis.call('EXISTS', q.ready) == 1 then
     notify(q.wake)  -- work is left: wake the next idle fetcher
   elseif redis.call('EXISTS', q.delayed) == 0 then
@@ -384,7 +393,7 @@ local removed = 0
 for _, key in ipairs(KEYS) do
   local ids = redis.call('ZRANGE', key, 0, tonumber(ARGV[2]) - 1)
   for _, id in ipairs(ids) do redis.call('DEL', ARGV[1] .. 'm:' .. id) end
-  if #ids > 0 then redis.call('ZREM', key, unpack(ids)) end
+  zrem_all(key, ids)
   removed = removed + #ids
 end
 return removed
@@ -448,7 +457,7 @@ class RedisTransport(Transport):
             raise TransportError(f"not a Redis URL: {url!r}")
         self._client_url = scheme.lower() + "://" + rest
         try:
-            parse_url(self._client_url)
+            parse_url(self._client_url)  # type: ignore[no-untyped-call]
         except ValueError as exc:
             raise TransportError(f"not a usable Redis URL: {_masked(url)} ({exc})") from exc
         self.location = _masked(url)
@@ -471,11 +480,7 @@ class RedisTransport(Transport):
 
     def _connect(self) -> redis.Redis:
         """Make the client (no connection opens until the first command)."""
-        pid = os.getpid()
-        if self._pid != pid:
-            # The parent's client and lock are not ours: its sockets stay with the parent, and
-            # one of its threads may have held the lock at the fork.
-            self._lock, self._redis, self._scripts, self._pid = threading.Lock(), None, None, pid
+        self._forget_parent()
         with self._lock:
             if self._redis is None:
                 client = redis.Redis.from_url(self._client_url, **self._client_options())
@@ -485,6 +490,9 @@ class RedisTransport(Transport):
     def _client_options(self) -> dict[str, Any]:
         """redis-py keyword arguments from our options."""
         kwargs: dict[str, Any] = {
+            # RESP2 whatever redis-py's default: our blocking exchanges read pub/sub replies
+            # as RESP2 arrays, and redis-py 5 to 8 then all answer the same way.
+            "protocol": 2,
             "socket_timeout": self.socket_timeout,
             "socket_connect_timeout": self.socket_timeout,
             "health_check_interval": float(
@@ -506,13 +514,19 @@ class RedisTransport(Transport):
 
     def _script(self) -> _Scripts:
         """The scripts of this process's client."""
-        self._client()
-        assert self._scripts is not None
-        return self._scripts
+        scripts = self._scripts
+        if scripts is None or self._pid != os.getpid():
+            self._connect()
+            scripts = self._scripts
+            assert scripts is not None
+        return scripts
 
     @contextmanager
-    def _borrowed(self) -> Iterator[Connection]:
-        """A pooled connection for a blocking exchange; dropped if the exchange fails."""
+    def _borrowed(self) -> Iterator[Any]:
+        """A pooled connection for a blocking exchange; dropped if the exchange fails.
+
+        Typed ``Any``: redis-py leaves the methods of its ``Connection`` unannotated.
+        """
         pool = self._client().connection_pool
         conn = _get_connection(pool)
         try:
@@ -523,12 +537,21 @@ class RedisTransport(Transport):
         finally:
             pool.release(conn)
 
+    def _forget_parent(self) -> None:
+        """After a fork, drop the parent's client and lock without touching them.
+
+        Its sockets stay with the parent, and one of its threads may have held the lock.
+        """
+        pid = os.getpid()
+        if self._pid != pid:
+            self._lock, self._redis, self._scripts, self._pid = threading.Lock(), None, None, pid
+
     def close(self) -> None:
         """Close this process's connections; they reopen on next use."""
+        self._forget_parent()
         with self._lock:
-            if self._redis is not None and self._pid == os.getpid():
+            if self._redis is not None:
                 self._redis.close()
-                self._redis.connection_pool.disconnect()
             self._redis, self._scripts = None, None
 
     # -- key names ------------------------------------------------------------------------------
@@ -543,18 +566,27 @@ class RedisTransport(Transport):
 
     # -- queues ---------------------------------------------------------------------------------
 
+    @_translated
     def publish(
         self, queue: str, body: bytes, *, due: float | None = None, priority: int = 0
     ) -> str:
         """Put ``body`` on ``queue``; return the message id."""
-        return self.publish_many([(queue, body, due, priority)])[0]
+        check_message(queue, body, due, priority)
+        keys, args = self._publish_args([(queue, body, due, priority)])
+        [message_id] = self._script().publish(keys, args)
+        return str(message_id)
 
     @_translated
     def publish_many(self, items: Iterable[tuple[str, bytes, float | None, int]]) -> list[str]:
-        """Publish ``(queue, body, due, priority)`` items, all or none, in one round trip."""
+        """Publish ``(queue, body, due, priority)`` items, all or none.
+
+        One script call per ``PUBLISH_CHUNK`` items; several calls go as one transaction.
+        """
         batch = list(items)
         for queue, body, due, priority in batch:
             check_message(queue, body, due, priority)
+        if not batch:
+            return []
         chunks = [batch[i : i + PUBLISH_CHUNK] for i in range(len(batch))[::PUBLISH_CHUNK]]
         scripts = self._script()
         if len(chunks) == 1:
@@ -577,6 +609,7 @@ class RedisTransport(Transport):
             args += [base, body, priority, "" if due is None else repr(due * 1000)]
         return keys, args
 
+    @_translated
     def fetch(
         self,
         queues: Sequence[str],
@@ -596,7 +629,6 @@ class RedisTransport(Transport):
                 left = min(left, wait)
             self._block(names, min(left, self.socket_timeout))
 
-    @_translated
     def _claim(
         self, queues: list[str], limit: int, lease: float
     ) -> tuple[list[Delivery], float | None]:
@@ -635,20 +667,13 @@ class RedisTransport(Transport):
         try:
             with self._borrowed() as conn:
                 conn.send_command("CLIENT", "ID")
-                conn.send_command("BLPOP", *wake_keys, f"{seconds:.3f}")
-                client_id = conn.read_response()
-                if not conn.can_read(timeout=seconds):
-                    self._unblock(client_id)
+                conn.send_command("BLPOP", *wake_keys, f"{seconds:.3f}", check_health=False)
+                client_id = _allowed(conn.read_response)
+                if not conn.can_read(timeout=seconds) and client_id is not None:
+                    _allowed(functools.partial(self._client().client_unblock, client_id))
                 conn.read_response()
         except redis.exceptions.ConnectionError:
             pass  # the next claim reconnects, with retries, or reports the error
-
-    def _unblock(self, client_id: int) -> None:
-        """End our own BLPOP now; where CLIENT UNBLOCK is not allowed, its timeout ends it."""
-        try:
-            self._client().client_unblock(client_id)
-        except ResponseError:
-            pass
 
     @_translated
     def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
@@ -685,7 +710,8 @@ class RedisTransport(Transport):
         """Give a delivery back; with ``reason`` it counts as a failed delivery."""
         base = self._base(delivery.queue)
         keys = [base + "leased", base + "ready", base + "wake", base + "m:" + delivery.message_id]
-        args = [delivery.message_id, delivery.lease, "0" if reason is None else "1", reason or ""]
+        args: list[Any] = [delivery.message_id, delivery.lease]
+        args += ["0" if reason is None else "1", reason or ""]
         args += [self.max_deliveries, delivery.queue, self.prefix + "dead:"]
         return bool(self._script().release([*keys, self.prefix + "dead"], args))
 
@@ -729,7 +755,8 @@ class RedisTransport(Transport):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
         client = self._client()
-        ids = [i.decode() for i in client.zrevrange(self.prefix + "dead", 0, limit - 1)]
+        newest = cast(list[bytes], client.zrevrange(self.prefix + "dead", 0, limit - 1))
+        ids = [message_id.decode() for message_id in newest]
         fields = ("queue", "body", "reason", "deliveries", "dead_at", "history")
         with client.pipeline(transaction=False) as pipe:
             for message_id in ids:
@@ -757,11 +784,12 @@ class RedisTransport(Transport):
     def redrive(self, message_id: str) -> bool:
         """Put a dead letter back on its queue with a fresh delivery count."""
         letter = self.prefix + "dead:" + message_id
-        queue = self._client().hget(letter, "queue")
+        queue = cast(bytes | None, self._client().hget(letter, "queue"))
         if queue is None:
             return False
         base = self._base(queue.decode())
-        keys = [self.prefix + "dead", letter, base + "ready", base + "wake", base + "m:" + message_id]
+        keys = [self.prefix + "dead", letter, base + "ready", base + "wake"]
+        keys.append(base + "m:" + message_id)
         return bool(self._script().redrive(keys, [message_id]))
 
     @_translated
@@ -801,8 +829,7 @@ class RedisTransport(Transport):
     def get(self, key: str) -> bytes | None:
         """The value under ``key``, or ``None``."""
         check_name("key", key)
-        value: bytes | None = self._client().get(self._key(key))
-        return value
+        return cast(bytes | None, self._client().get(self._key(key)))
 
     @_translated
     def delete(self, key: str) -> None:
@@ -846,7 +873,8 @@ class RedisTransport(Transport):
                     break
                 if conn.can_read(timeout=min(left, self.socket_timeout)):
                     conn.read_response()
-            conn.send_command("UNSUBSCRIBE", channel)
+            # No health check now: its PING would read our pending notifications as its reply.
+            conn.send_command("UNSUBSCRIBE", channel, check_health=False)
             while _kind(conn.read_response()) != b"unsubscribe":
                 pass  # notifications that came in meanwhile; the pool gets a clean connection
         return value
@@ -863,7 +891,8 @@ class RedisTransport(Transport):
     def listen(self, topics: Sequence[str]) -> Subscription:
         """Subscribe to ``topics`` from now on."""
         names = {self.prefix + "topic:" + topic: topic for topic in sorted(check_topics(topics))}
-        return _RedisSubscription(self, self._client().pubsub(), names)
+        pubsub = self._client().pubsub()  # type: ignore[no-untyped-call]
+        return _RedisSubscription(self, pubsub, names)
 
 
 class _RedisSubscription(Subscription):
@@ -907,19 +936,21 @@ class _RedisSubscription(Subscription):
                     self._pubsub.close()
 
     def _read(self, timeout: float | None) -> list[tuple[str, bytes]]:
-        """Wait for the first message, then take whatever else has arrived."""
+        """Wait for the first message, then take whatever else has already arrived."""
         deadline = None if timeout is None else time.monotonic() + timeout
         items: list[tuple[str, bytes]] = []
-        wait = 0.0 if timeout is None else max(timeout, 0.0)
         while not self._closed:
-            message = self._pubsub.get_message(timeout=min(wait, self.SLICE))
-            if message is not None and message["type"] == "message":
+            wait = self.SLICE
+            if items:
+                wait = 0.0
+            elif deadline is not None:
+                wait = min(max(deadline - time.monotonic(), 0.0), self.SLICE)
+            message = self._pubsub.get_message(timeout=wait)
+            if message is None:
+                if items or (deadline is not None and time.monotonic() >= deadline):
+                    break
+            elif message["type"] == "message":
                 items.append((self._topics[message["channel"]], message["data"]))
-                wait = 0.0  # drain what is already here, without waiting for more
-            elif message is None and (items or (deadline is not None and time.monotonic() >= deadline)):
-                break
-            elif message is None:
-                wait = self.SLICE if deadline is None else deadline - time.monotonic()
         return items
 
     def close(self) -> None:
@@ -930,12 +961,24 @@ class _RedisSubscription(Subscription):
                 self._pubsub.close()
 
 
-# -- helpers ----------------------------------------------------------------------------------------
+# -- helpers --------------------------------------------------------------------------------------
 
 
 def _ms(seconds: float) -> int:
     """Whole milliseconds, rounded up so that nothing expires early, and at least one."""
     return max(1, math.ceil(seconds * 1000))
+
+
+def _allowed(command: Callable[[], Any]) -> Any:
+    """Run ``command``; ``None`` if the server refuses it (an ACL user without CLIENT).
+
+    Without CLIENT ID or CLIENT UNBLOCK a fetch still works: Redis ends the BLPOP itself at
+    its timeout, up to 100 ms late.
+    """
+    try:
+        return command()
+    except ResponseError:
+        return None
 
 
 def _kind(reply: Any) -> bytes | None:
@@ -944,19 +987,21 @@ def _kind(reply: Any) -> bytes | None:
 
 
 def _masked(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
+    """``url`` without its password (in the user part or the query), for messages and logs."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    query = [
+        (name, "***" if name == "password" else value)
+        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, safe="*")))
 
 
-def _get_connection(pool: ConnectionPool) -> Connection:
+def _get_connection(pool: ConnectionPool) -> Any:
     """A connection from ``pool``; redis-py before 5.3 wants a command name."""
     try:
-        conn = pool.get_connection()
+        return pool.get_connection()
     except TypeError:  # pragma: no cover - old redis-py
-        conn = pool.get_connection("BLPOP")  # type: ignore[call-arg,unused-ignore]
-    return conn  # type: ignore[no-any-return,unused-ignore]
+        return pool.get_connection("BLPOP")

@@ -8,13 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server import RedisServer
 
 from celeriac.transports import Transport, open_transport
 
 MakeTransport = Callable[..., Transport]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A ``redis-server`` of the test session's own, on a free port (never the system one)."""
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def make_transport(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeTransport]:
     """Open clients of one fresh broker of the engine under test; options per client."""
     defaults: dict[str, Any] = {}
@@ -24,6 +32,12 @@ def make_transport(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[M
         url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
         # Take back expired leases on every fetch, so lease tests need not wait 0.5 s more.
         defaults["reclaim_interval"] = 0
+    elif request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        import redis  # the dev extra has it; imported here so other engines run without it
+
+        with redis.Redis.from_url(url) as client:
+            client.flushdb()  # one server for the session: each test starts on an empty db
     else:  # pragma: no cover - a new engine must say how to reach it
         raise AssertionError(f"no setup for engine {request.param!r}")
     opened: list[Transport] = []

@@ -1,0 +1,154 @@
+"""A real ``redis-server`` for tests: a free port, a temporary directory, stopped on teardown.
+
+The tests never use a Redis that happens to run on the machine. Without ``redis-server`` the
+Redis tests are skipped, except under CI (``CI=true``), where they fail: CI must install it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+#: Seconds a server gets to answer PING after it was started.
+START_TIMEOUT = 10.0
+
+
+def require_redis_server() -> str:
+    """The path of ``redis-server``; skip the test without it (fail it under CI)."""
+    path = shutil.which("redis-server")
+    if path is None:
+        message = (
+            "redis-server is not installed; the Redis tests need it "
+            "(apt-get install redis-server, or brew install redis)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One ``redis-server`` process in a directory of its own.
+
+    ``appendonly=True`` turns on the append-only file with ``appendfsync always``, for tests
+    that restart the server and expect every acknowledged write back. ``unixsocket=True``
+    also listens on a socket in the directory; ``args`` adds raw ``redis-server`` arguments.
+    """
+
+    def __init__(
+        self, *, appendonly: bool = False, unixsocket: bool = False, args: tuple[str, ...] = ()
+    ) -> None:
+        self.executable = require_redis_server()
+        self.directory = Path(tempfile.mkdtemp(prefix="celeriac-redis-"))
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.socket_path = self.directory / "redis.sock" if unixsocket else None
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started = False
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        """The ``redis-server`` command line."""
+        command = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--dir", str(self.directory), "--save", "", "--daemonize", "no"]
+        if self.appendonly:
+            command += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            command += ["--appendonly", "no"]
+        if self.socket_path is not None:
+            command += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        return [*command, *self.args]
+
+    def start(self) -> RedisServer:
+        """Start the server and wait until it answers PING.
+
+        The first start moves to another port if someone took the free one meanwhile; a
+        restart keeps its port, since clients reconnect to it.
+        """
+        for _ in range(3 if not self.started else 1):
+            if self._launch():
+                self.started = True
+                return self
+            if self.started:
+                break
+            self.port = free_port()
+        tail = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"redis-server did not start on port {self.port}:\n{tail}")
+
+    def _launch(self) -> bool:
+        """Run the server; whether it answered PING in time."""
+        with open(self.directory / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.answers_ping():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                return False
+            time.sleep(0.01)
+        return self.process.poll() is None  # not some other server on a port taken meanwhile
+
+    def answers_ping(self) -> bool:
+        """Whether the server answers on its port (a password-protected one counts too)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as conn:
+                conn.sendall(b"PING\r\n")
+                reply = conn.recv(64)
+        except OSError:
+            return False
+        return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM: with appendonly, everything written so far is on disk)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and directory."""
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
