@@ -13,6 +13,8 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ def run_engine(url: str, engine: str, tasks: int, work: Path) -> dict[str, Any]:
     figures["drain"] = {"best": drains[best], "config": best, "all": drains}
     figures["round_trip_ms"] = scenarios.round_trip(app, url, 1000, work)
     figures["idle_memory"] = scenarios.idle_memory(app, url, work)
-    figures["ceiling"] = ceiling(engine, body, tasks, work)
+    figures["ceiling"] = ceiling(engine, url, body, tasks, work)
     app.broker.purge("celeriac")
     return figures
 
@@ -56,18 +58,34 @@ def _sample_body(app: Any) -> bytes:
     return encode(app.build_message("benchtasks.noop", (12345,)))
 
 
-def ceiling(engine: str, body: bytes, tasks: int, work: Path) -> dict[str, Any]:
+def ceiling(engine: str, url: str, body: bytes, tasks: int, work: Path) -> dict[str, Any]:
     """The bare-client figures for ``engine``."""
-    if engine != "sqlite":
-        return {}
-    from bench import ceiling_sqlite as bare
+    if engine == "sqlite":
+        from bench import ceiling_sqlite as bare_sqlite
 
-    path = work / "ceiling.sqlite3"
-    drains = {p: bare.drain(path, body, tasks, p) for p in (2, 4)}
+        path = work / "ceiling.sqlite3"
+        return _ceiling_figures(
+            lambda: bare_sqlite.enqueue_one(path, body, tasks),
+            lambda: bare_sqlite.enqueue_bulk(path, body, tasks),
+            lambda p: bare_sqlite.drain(path, body, tasks, p),
+        )
+    from bench import ceiling_redis as bare_redis
+
+    return _ceiling_figures(
+        lambda: bare_redis.enqueue_one(url, body, tasks),
+        lambda: bare_redis.enqueue_bulk(url, body, tasks),
+        lambda p: bare_redis.drain(url, body, tasks, p),
+    )
+
+
+def _ceiling_figures(
+    one: Callable[[], float], bulk: Callable[[], float], drain: Callable[[int], float]
+) -> dict[str, Any]:
+    drains = {p: drain(p) for p in (2, 4)}
     best = max(drains, key=drains.__getitem__)
     return {
-        "enqueue_one": bare.enqueue_one(path, body, tasks),
-        "enqueue_bulk": bare.enqueue_bulk(path, body, tasks),
+        "enqueue_one": one(),
+        "enqueue_bulk": bulk(),
         "drain": {"best": drains[best], "config": f"{best} processes", "all": drains},
     }
 
@@ -108,15 +126,15 @@ def _rate_row(
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python3 dev.py bench", description=__doc__)
-    parser.add_argument("--engines", default="sqlite", help="comma-separated: sqlite")
+    parser.add_argument("--engines", default="sqlite,redis", help="comma-separated: sqlite,redis")
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--json", default=str(HERE.parent / ".bench" / "latest.json"))
     options = parser.parse_args()
     results = []
-    with tempfile.TemporaryDirectory(prefix="celeriac-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="celeriac-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         for engine in options.engines.split(","):
-            url = broker_url(engine.strip(), work)
+            url = broker_url(engine.strip(), work, stack)
             results.append(run_engine(url, engine.strip(), options.tasks, work))
     header = (f"celeriac benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
               f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -130,11 +148,15 @@ def main() -> int:
     return 0
 
 
-def broker_url(engine: str, work: Path) -> str:
-    """The broker URL for an engine name."""
+def broker_url(engine: str, work: Path, stack: ExitStack) -> str:
+    """The broker URL for an engine name (Redis: a private server for this run)."""
     if engine == "sqlite":
         return f"sqlite:///{work / 'bench.sqlite3'}"
-    raise SystemExit(f"unknown engine {engine!r}; choose sqlite")
+    if engine == "redis":
+        from bench.redis_server import BenchRedis
+
+        return stack.enter_context(BenchRedis()).url
+    raise SystemExit(f"unknown engine {engine!r}; choose sqlite or redis")
 
 
 if __name__ == "__main__":
