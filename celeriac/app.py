@@ -61,6 +61,9 @@ class Celeriac:
         self._broker: Transport | None = None
         self._results: ResultStore | None = None
         self._pid = os.getpid()
+        #: Sent once, when the app is finalized: connect to add periodic tasks (Celery's hook).
+        self.on_after_configure = signals.Signal("on_after_configure", "The app is configured.")
+        self.on_after_finalize = signals.Signal("on_after_finalize", "The app is finalized.")
         _register_app(self, set_as_current)
         for fn, options in list(_shared_tasks):
             self._register(fn, options)
@@ -190,12 +193,14 @@ class Celeriac:
         from celeriac.contrib.django.fixup import setup_if_configured
 
         setup_if_configured(self)
+        self.on_after_configure.send(sender=self, source=self.conf)
         for module in [*self.conf.imports, *self.conf.include]:
             importlib.import_module(module)
         for packages, related_name in self._autodiscover:
             names = packages() if callable(packages) else packages
             _import_related(names, related_name)
         signals.import_modules.send(sender=self)
+        self.on_after_finalize.send(sender=self)
 
     def autodiscover_tasks(
         self,
@@ -226,6 +231,27 @@ class Celeriac:
         if task is None:
             raise NotRegistered(name)
         return task
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Any,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        options: dict[str, Any] | None = None,
+        missed: str = "run_once",
+        **opts: Any,
+    ) -> str:
+        """Add an entry to ``conf.beat_schedule``: ``schedule`` (a crontab, seconds, ...) and
+        ``sig`` (a task, a name or a signature); extra keywords are send options. Returns the
+        entry's name."""
+        from celeriac.entries import periodic_entry
+
+        options = {**(options or {}), **opts}
+        key, entry = periodic_entry(schedule, sig, args, kwargs, name, options, missed)
+        self.conf.beat_schedule[key] = entry
+        return key
 
     # -- sending ------------------------------------------------------------------------
 

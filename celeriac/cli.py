@@ -1,4 +1,4 @@
-"""The ``celeriac`` command: ``celeriac -A proj worker|call|result|purge``.
+"""The ``celeriac`` command: ``celeriac -A proj worker|beat|call|result|purge``.
 
 Usage errors (a bad option, an app that cannot be found) print one clear line and exit 2.
 """
@@ -11,11 +11,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celeriac import __version__
 from celeriac.app import Celeriac
-from celeriac.errors import CeleriacError
+from celeriac.errors import CeleriacError, ScheduleError
+
+if TYPE_CHECKING:
+    from celeriac.scheduler import Scheduler
 
 EXIT_USAGE = 2
 
@@ -87,6 +90,8 @@ def cmd_worker(app: Celeriac, args: argparse.Namespace) -> int:
     """Run a worker until SIGTERM or Ctrl-C."""
     from celeriac.worker import Worker
 
+    if args.autoscale and (args.pool or app.conf.worker_pool) not in ("prefork", "threads"):
+        raise UsageError("--autoscale works with the prefork and threads pools")
     if args.events:
         app.conf.worker_send_task_events = True
     if args.max_tasks_per_child is not None:
@@ -95,8 +100,10 @@ def cmd_worker(app: Celeriac, args: argparse.Namespace) -> int:
         app.conf.worker_max_memory_per_child = args.max_memory_per_child
     if args.prefetch_multiplier is not None:
         app.conf.worker_prefetch_multiplier = args.prefetch_multiplier
+    beat = _checked_scheduler(app, None) if args.beat else None
     worker = Worker(
         app,
+        beat=beat,
         concurrency=args.concurrency,
         pool=args.pool,
         queues=args.queues,
@@ -106,8 +113,29 @@ def cmd_worker(app: Celeriac, args: argparse.Namespace) -> int:
         pidfile=args.pidfile,
         shutdown_timeout=args.shutdown_timeout,
         health_file=args.health_file,
+        autoscale=args.autoscale,
     )
     return worker.start()
+
+
+def cmd_beat(app: Celeriac, args: argparse.Namespace) -> int:
+    """Run the periodic-task scheduler until SIGTERM or Ctrl-C (safe to run several)."""
+    from celeriac.worker.worker import setup_logging
+
+    setup_logging(args.loglevel, args.logfile, app.conf.worker_hijack_root_logger)
+    return _checked_scheduler(app, args.max_interval).serve()
+
+
+def _checked_scheduler(app: Celeriac, max_interval: float | None) -> Scheduler:
+    """A scheduler whose entries were checked; a bad entry is a usage error (exit 2)."""
+    from celeriac.scheduler import Scheduler
+
+    scheduler = Scheduler(app, max_interval=max_interval)
+    try:
+        scheduler.validate()
+    except ScheduleError as exc:
+        raise UsageError(str(exc)) from None
+    return scheduler
 
 
 def cmd_call(app: Celeriac, args: argparse.Namespace) -> int:
@@ -198,6 +226,17 @@ def _queues(text: str) -> list[str]:
     return names
 
 
+def _autoscale(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected MAX,MIN such as 10,3, got {text!r}")
+    maximum = _positive_int(parts[0])
+    minimum = _positive_int(parts[1]) if len(parts) == 2 else 1
+    if minimum > maximum:
+        raise argparse.ArgumentTypeError(f"MIN ({minimum}) is larger than MAX ({maximum})")
+    return maximum, minimum
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical", "fatal")
 
 
@@ -221,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     _worker_parser(commands)
+    beat = _command(commands, "beat", cmd_beat, "run the periodic-task scheduler")
+    beat.add_argument("-l", "--loglevel", type=_loglevel, default="WARNING")
+    beat.add_argument("-f", "--logfile")
+    beat.add_argument("--max-interval", type=_seconds, help="most seconds between passes")
     call = _command(commands, "call", cmd_call, "send a task by name")
     call.add_argument("name")
     call.add_argument("-a", "--args", help="positional arguments, a JSON array")
@@ -255,10 +298,12 @@ def _worker_parser(commands: Any) -> None:
     worker.add_argument("-Q", "--queues", type=_queues)
     worker.add_argument("-n", "--hostname", help="node name, e.g. w1@%%h")
     worker.add_argument("-E", "--task-events", dest="events", action="store_true")
+    worker.add_argument("-B", "--beat", action="store_true", help="also run the scheduler")
     worker.add_argument("--pidfile")
     worker.add_argument("-f", "--logfile")
     worker.add_argument("--shutdown-timeout", type=_seconds)
     worker.add_argument("--health-file", help="touched every 2 s while the worker is healthy")
+    worker.add_argument("--autoscale", type=_autoscale, metavar="MAX,MIN")
     worker.add_argument("--max-tasks-per-child", type=_positive_int)
     worker.add_argument("--max-memory-per-child", type=_positive_int, help="KiB")
     worker.add_argument("--prefetch-multiplier", type=_non_negative_int)

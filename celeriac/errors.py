@@ -2,7 +2,8 @@
 
     CeleriacError
     ├── ConfigurationError        a setting or an app that cannot be used
-    │   └── UnknownSettingError   a setting name that does not exist (suggests the closest one)
+    │   ├── UnknownSettingError   a setting name that does not exist (suggests the closest one)
+    │   └── ScheduleError         a periodic-task entry that cannot be scheduled (names the entry)
     ├── TransportError            a broker URL or a broker that cannot be used
     │   └── MissingExtraError     an optional dependency is not installed
     ├── MessageError              bytes that are not a valid task message (has a reason code)
@@ -15,6 +16,7 @@
     ├── SoftTimeLimitExceeded     raised inside a task at its soft time limit
     ├── TimeLimitExceeded         recorded for a task stopped at its hard time limit
     ├── WorkerLostError           the process that ran a task died
+    ├── ChordError                a chord's header task failed: the body does not run
     ├── MaxRetriesExceededError   Task.retry() with no retries left and no exception to raise
     └── (control flow, raised by tasks, caught by the worker)
         ├── Retry                 self.retry(): run the task again later
@@ -42,6 +44,10 @@ class UnknownSettingError(ConfigurationError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown setting"
+
+
+class ScheduleError(ConfigurationError):
+    """Entries of the beat schedule that cannot run: each problem names its entry."""
 
 
 class TransportError(CeleriacError):
@@ -147,6 +153,10 @@ class TimeLimitExceeded(CeleriacError):
 
 class WorkerLostError(CeleriacError):
     """The process that ran the task died before it finished."""
+
+
+class ChordError(CeleriacError):
+    """A task in a chord's header failed, so the chord's body does not run."""
 
 
 class Retry(CeleriacError):

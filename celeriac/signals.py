@@ -72,3 +72,7 @@ worker_process_init = Signal("worker_process_init", "A pool process started.")
 worker_ready = Signal("worker_ready", "A worker is ready to take work.")
 worker_shutting_down = Signal("worker_shutting_down", "A worker began shutting down.")
 worker_shutdown = Signal("worker_shutdown", "A worker stopped.")
+beat_init = Signal("beat_init", "A scheduler (celeriac beat) is starting.")
+beat_embedded_init = Signal(
+    "beat_embedded_init", "A scheduler is starting inside a worker (worker -B)."
+)

@@ -107,6 +107,12 @@ TASKS = """
     def hard_limited(seconds):
         time.sleep(seconds)
         return "not stopped"
+
+
+    @app.task
+    def sleep(seconds):
+        time.sleep(seconds)
+        return seconds
 """
 
 
@@ -472,3 +478,26 @@ def test_the_health_file_is_kept_fresh_and_removed_at_shutdown(
     worker.terminate()
     assert worker.wait() == 0
     assert not health.exists()
+
+
+def test_autoscale_grows_the_pool_with_the_backlog(
+    producer: Celeriac, start_worker_process: StartWorker
+) -> None:
+    worker = start_worker_process(MODULE, "-P", "threads", "--autoscale", "4,1")
+    assert "concurrency: 1..4 (threads, autoscale)" in worker.log()
+    started = time.monotonic()
+    results = [send(producer, "sleep", 1.0) for _ in range(8)]
+    get_all(results)
+    # One thread would need 8 s; four need about 2 s once the pool has grown.
+    assert time.monotonic() - started < 6.0
+    assert "growing the pool 1 -> 4" in worker.log()
+
+
+def test_autoscale_is_refused_for_pools_that_cannot_resize(tmp_path: Path) -> None:
+    write_module(tmp_path, "scaled", "from celeriac import Celeriac\napp = Celeriac('s')\n")
+    run = run_cli(["-A", "scaled", "worker", "-P", "solo", "--autoscale", "4,1"], cwd=tmp_path)
+    assert run.returncode == 2
+    assert "--autoscale works with the prefork and threads pools" in run.stderr
+    run = run_cli(["-A", "scaled", "worker", "--autoscale", "2,5"], cwd=tmp_path)
+    assert run.returncode == 2
+    assert "MIN (5) is larger than MAX (2)" in run.stderr

@@ -29,6 +29,7 @@ from celeriac.worker.pools import Event, Job, Pool
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.worker.autoscale import Autoscaler
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -53,8 +54,10 @@ class Consumer:
         events: queue.SimpleQueue[Event],
         queues: list[str],
         hostname: str,
+        autoscaler: Autoscaler | None = None,
     ) -> None:
         self.app = app
+        self.autoscaler = autoscaler
         self.pool = pool
         self.events = events
         self.queues = queues
@@ -63,7 +66,8 @@ class Consumer:
         options = conf.broker_transport_options or {}
         self.lease = float(options.get("lease_timeout", DEFAULT_LEASE))
         multiplier = conf.worker_prefetch_multiplier
-        self.budget = pool.concurrency * max(1, multiplier)
+        slots = autoscaler.maximum if autoscaler is not None else pool.concurrency
+        self.budget = slots * max(1, multiplier)
         self.accept = conf.accept_content
         self.inflight: dict[int, Inflight] = {}
         self.processed = 0
@@ -150,6 +154,8 @@ class Consumer:
             # the broker delivers it again. Nothing is lost; the worker goes on.
             logger.exception("handling %d event(s) failed; their leases will expire", len(batch))
         self.pool.check()
+        if self.autoscaler is not None:
+            self.autoscaler.step(len(self.inflight) - self.pool.backlog())
 
     def _handle(self, batch: list[Event]) -> None:
         finished: list[JobDone] = []
@@ -285,10 +291,11 @@ class Consumer:
             return
         message, delivery = item.message, item.delivery
         logger.error("Process running %s[%s] died (%s)", message.task, message.id, how)
-        if delivery.deliveries >= self.app.broker.max_deliveries:
-            self._store_failure(message, WorkerLostError(f"worker process died ({how})"))
         if not item.acked:
             self.app.broker.release(delivery, reason="worker_lost")
+        # After the release, so a client that sees the failure also sees the dead letter.
+        if delivery.deliveries >= self.app.broker.max_deliveries:
+            self._store_failure(message, WorkerLostError(f"worker process died ({how})"))
         self._release_budget(1)
 
     def _timed_out(self, job_id: int) -> None:

@@ -65,6 +65,18 @@ class Pool(abc.ABC):
     def take_back(self) -> list[int]:
         """Remove the jobs not started yet and return their ids (for a shutdown)."""
 
+    def backlog(self) -> int:
+        """Jobs submitted and waiting for a free slot."""
+        return 0
+
+    def grow(self, count: int) -> None:
+        """Add ``count`` slots (``--autoscale``); pools that cannot resize refuse."""
+        raise NotImplementedError(f"the {self.name} pool cannot be resized")
+
+    def shrink(self, count: int) -> None:
+        """Retire up to ``count`` idle slots (``--autoscale``)."""
+        raise NotImplementedError(f"the {self.name} pool cannot be resized")
+
     def check(self) -> None:
         """Enforce hard time limits and notice dead processes (called often by the consumer)."""
 
@@ -124,20 +136,44 @@ class ThreadPool(Pool):
         super().__init__(app, concurrency, hostname, events)
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._stops_queued = 0  # None markers in the queue, each ending one thread
+        self._stops_lock = threading.Lock()
 
     def start(self) -> None:
         """Start the threads."""
-        for index in range(self.concurrency):
+        self._start_threads(self.concurrency)
+
+    def _start_threads(self, count: int) -> None:
+        for _ in range(count):
             thread = threading.Thread(
-                target=self._loop, name=f"ThreadPoolWorker-{index + 1}", daemon=True
+                target=self._loop, name=f"ThreadPoolWorker-{len(self._threads) + 1}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
+
+    def backlog(self) -> int:
+        """Jobs queued for a thread."""
+        return max(0, self._jobs.qsize() - self._stops_queued)
+
+    def grow(self, count: int) -> None:
+        """Start ``count`` more threads."""
+        self._start_threads(count)
+        self.concurrency += count
+
+    def shrink(self, count: int) -> None:
+        """Ask ``count`` threads to end once they are free."""
+        for _ in range(count):
+            with self._stops_lock:
+                self._stops_queued += 1
+            self._jobs.put(None)
+        self.concurrency -= count
 
     def _loop(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
+                with self._stops_lock:
+                    self._stops_queued -= 1
                 return
             self.events.put(("done", run_job(self.app, job, self.hostname)))
 
@@ -158,10 +194,11 @@ class ThreadPool(Pool):
 
     def stop(self, timeout: float) -> None:
         """Ask every thread to finish after its current job and wait for them."""
-        for _ in self._threads:
+        alive = [thread for thread in self._threads if thread.is_alive()]
+        for _ in alive:
             self._jobs.put(None)
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in alive:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 

@@ -48,6 +48,8 @@ class _Child:
     killed: bool = False
     #: the child said it exits after its last job (task or memory limit): no more work
     retiring: bool = False
+    #: let go by autoscale: not replaced when it exits
+    dismissed: bool = False
 
 
 class PreforkPool(Pool):
@@ -77,6 +79,34 @@ class PreforkPool(Pool):
             self._children.append(self._spawn())
         self._collector = threading.Thread(target=self._collect, name="pool-collector", daemon=True)
         self._collector.start()
+
+    def backlog(self) -> int:
+        """Jobs waiting for an idle child."""
+        with self._lock:
+            return len(self._waiting)
+
+    def grow(self, count: int) -> None:
+        """Fork ``count`` more children and give them waiting jobs."""
+        for _ in range(count):
+            child = self._spawn()
+            with self._lock:
+                self._children.append(child)
+                self.concurrency += 1
+                job = self._next_for(child)
+            if job is not None:
+                self._send(child, job)
+        os.write(self._wake_w, b"x")  # the collector watches the new pipes
+
+    def shrink(self, count: int) -> None:
+        """Let up to ``count`` idle children exit without replacement."""
+        with self._lock:
+            idle = [c for c in self._children if self._available(c)][:count]
+            for child in idle:
+                child.dismissed = child.retiring = True
+                self.concurrency -= 1
+        for child in idle:
+            with contextlib.suppress(OSError):
+                child.conn.send(None)
 
     def _spawn(self) -> _Child:
         self._counter += 1
@@ -212,7 +242,7 @@ class PreforkPool(Pool):
         if job_id is not None:
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             self.events.put(("lost", job_id, f"{how}, pid {child.process.pid}"))
-        if not self._stopping:
+        if not self._stopping and not child.dismissed:
             replacement = self._spawn()
             with self._lock:
                 self._children.append(replacement)

@@ -19,12 +19,15 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from celeriac import __version__, signals
+from celeriac.errors import ConfigurationError
+from celeriac.worker.autoscale import Autoscaler
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.health import HealthFile
 from celeriac.worker.pools import Event, create_pool, redirect_stdouts
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.scheduler import Scheduler
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -54,8 +57,11 @@ class Worker:
         pidfile: str | None = None,
         shutdown_timeout: float | None = None,
         health_file: str | None = None,
+        autoscale: tuple[int, int] | None = None,
+        beat: Scheduler | None = None,
     ) -> None:
         conf = app.conf
+        self.beat = beat  # worker -B: a scheduler in a thread of this process
         self.app = app
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
         self.pool_kind = pool or conf.worker_pool
@@ -68,6 +74,11 @@ class Worker:
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
         self.health_file = health_file
+        self.autoscale = autoscale
+        if autoscale is not None:
+            if self.pool_kind not in ("prefork", "threads"):
+                raise ConfigurationError("--autoscale works with the prefork and threads pools")
+            self.concurrency = autoscale[1]
         self._signals = 0
         self.consumer: Consumer | None = None
 
@@ -91,7 +102,10 @@ class Worker:
     def _run(self) -> int:
         events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         pool = create_pool(self.pool_kind, self.app, self.concurrency, self.hostname, events)
-        consumer = self.consumer = Consumer(self.app, pool, events, self.queues, self.hostname)
+        scaler = Autoscaler(pool, *self.autoscale) if self.autoscale else None
+        consumer = self.consumer = Consumer(
+            self.app, pool, events, self.queues, self.hostname, scaler
+        )
         print(self.banner(), file=sys.stderr if self.logfile is None else sys.stdout, flush=True)
         pool.start()
         self._install_signal_handlers()
@@ -104,7 +118,11 @@ class Worker:
         logger.info("Connected to %s", _safe_url(self.app.broker_url))
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
+        if self.beat is not None:
+            self.beat.start()
         consumer.run()
+        if self.beat is not None:
+            self.beat.stop()
         if health is not None:
             health.stop()
         consumer.wait_running(self.shutdown_timeout)
@@ -172,6 +190,11 @@ class Worker:
 
     # -- the banner ---------------------------------------------------------------------
 
+    def _concurrency_text(self) -> str:
+        if self.autoscale:
+            return f"{self.autoscale[1]}..{self.autoscale[0]} ({self.pool_kind}, autoscale)"
+        return f"{self.concurrency} ({self.pool_kind})"
+
     def banner(self) -> str:
         """What the worker prints at start: who, where, how, which queues and tasks."""
         app = self.app
@@ -184,7 +207,7 @@ class Worker:
             f"- *** --- * --- .> app:         {app.main}:{id(app):#x}",
             f"- ** ---------- .> transport:   {_safe_url(app.broker_url)}",
             f"- ** ---------- .> results:     {_safe_url(app.result_backend_url)}",
-            f"- *** --- * --- .> concurrency: {self.concurrency} ({self.pool_kind})",
+            f"- *** --- * --- .> concurrency: {self._concurrency_text()}",
             f"-- ******* ---- .> task events: {events}",
             "--- ***** -----",
             " -------------- [queues]",
