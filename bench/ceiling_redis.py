@@ -16,18 +16,18 @@ from typing import Any
 
 import redis
 
-from celeriac.transports import redis as engine
+from celeriac.transports import redis_scripts as engine
 
 PREFIX = "ceiling:"
 BASE = PREFIX + "{q}:"
 
 
 def _scripts(client: redis.Redis) -> dict[str, Any]:
-    lib = engine._LIB
+    lib = engine.LIB
     return {
-        "publish": client.register_script(lib + engine._PUBLISH),
-        "claim": client.register_script(lib + engine._CLAIM),
-        "complete": client.register_script(lib + engine._COMPLETE),
+        "publish": client.register_script(lib + engine.PUBLISH),
+        "claim": client.register_script(lib + engine.CLAIM),
+        "complete": client.register_script(lib + engine.COMPLETE),
     }
 
 

@@ -110,7 +110,9 @@ class Message:
     - ``shadow``: a name to show in logs instead of ``task``, or None.
     - ``callbacks``, ``errbacks``: signature dicts to apply on success / on error, or None.
     - ``chain``: the signature dicts still to run after this task (last first), or None.
-    - ``chord``: the signature dict of the chord body this task belongs to, or None.
+    - ``chord``: the signature dict of the chord body this task belongs to, or None; it also
+      holds ``chord_size``, the number of header tasks (``group`` names the chord, and
+      ``group_index`` is this task's place in its header).
     - ``headers``: extra user headers (str keys, none of ``PROTOCOL_HEADERS``).
 
     ``decode`` never trusts its input and raises ``MessageError`` with a reason code:

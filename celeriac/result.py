@@ -1,13 +1,15 @@
-"""AsyncResult: a handle on a task's state and return value, with Celery's API."""
+"""AsyncResult and GroupResult: handles on tasks' states and return values, with Celery's API."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from celeriac import states
 from celeriac.backend import decode_exception
-from celeriac.errors import TaskRevokedError, TimeoutError
+from celeriac.errors import MessageError, TaskRevokedError, TimeoutError
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -18,7 +20,13 @@ R = TypeVar("R")
 class AsyncResult(Generic[R]):
     """The state and result of one task, read from the app's result store."""
 
-    def __init__(self, id: str, app: Celeriac | None = None, task_name: str | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        app: Celeriac | None = None,
+        task_name: str | None = None,
+        parent: AsyncResult[Any] | GroupResult | None = None,
+    ) -> None:
         if not isinstance(id, str) or not id:
             raise ValueError(f"a task id must be a non-empty string, not {id!r}")
         if app is None:
@@ -28,6 +36,8 @@ class AsyncResult(Generic[R]):
         self.id = id
         self.app = app
         self.task_name = task_name
+        #: the result of the step before this one in a chain (``result.parent.get()``)
+        self.parent = parent
         self._meta: dict[str, Any] | None = None
 
     # -- reading ------------------------------------------------------------------------
@@ -205,6 +215,125 @@ class EagerResult(AsyncResult[R]):
 
     def forget(self) -> None:
         """Nothing is stored for an eager result."""
+
+
+class GroupResult:
+    """The results of a group's tasks, in call order."""
+
+    def __init__(
+        self,
+        id: str,
+        results: list[AsyncResult[Any]],
+        app: Celeriac | None = None,
+        parent: AsyncResult[Any] | GroupResult | None = None,
+    ) -> None:
+        if app is None:
+            from celeriac.app import current_app
+
+            app = current_app()
+        self.id = id
+        self.results = list(results)
+        self.app = app
+        self.parent = parent
+
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        """The member results (Celery's name)."""
+        return self.results
+
+    def ready(self) -> bool:
+        """True once every task has finished."""
+        return all(result.ready() for result in self.results)
+
+    def successful(self) -> bool:
+        """True if every task succeeded."""
+        return all(result.successful() for result in self.results)
+
+    def failed(self) -> bool:
+        """True if any task failed."""
+        return any(result.failed() for result in self.results)
+
+    def waiting(self) -> bool:
+        """True while any task has not finished."""
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        """How many tasks succeeded."""
+        return sum(1 for result in self.results if result.successful())
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
+        """Wait for every task and return their results in call order; ``timeout`` is for all."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(result.get(left, propagate, interval, disable_sync_subtasks))
+        return values
+
+    join = get
+
+    def save(self) -> GroupResult:
+        """Store the member ids, so that ``GroupResult.restore(id)`` finds the group later."""
+        store = self.app.results
+        data = {"group_id": self.id, "results": [result.id for result in self.results]}
+        store.transport.put(group_key(self.id), store.encode(data), store.expires)
+        return self
+
+    @classmethod
+    def restore(cls, id: str, app: Celeriac | None = None) -> GroupResult | None:
+        """The group saved under ``id``, or None."""
+        if app is None:
+            from celeriac.app import current_app
+
+            app = current_app()
+        raw = app.results.transport.get(group_key(id))
+        if raw is None:
+            return None
+        ids = app.results.decode(raw).get("results")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise MessageError("bad_shape", f"saved group {id}: results is not a list of ids")
+        return cls(id, [AsyncResult(task_id, app) for task_id in ids], app)
+
+    def delete(self) -> None:
+        """Remove the saved group (not its tasks' results)."""
+        self.app.results.transport.delete(group_key(self.id))
+
+    def forget(self) -> None:
+        """Delete the saved group and every task's stored result."""
+        for result in self.results:
+            result.forget()
+        self.delete()
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult[Any]]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[Any]:
+        return self.results[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GroupResult):
+            return self.id == other.id and self.results == other.results
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+
+def group_key(group_id: str) -> str:
+    """The key a saved group is kept under."""
+    return f"celeriac-group-meta-{group_id}"
 
 
 def _refuse_inside_task() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from difflib import get_close_matches
 from typing import TYPE_CHECKING, Any
@@ -124,6 +124,10 @@ def build_message_fields(
         "group_index": options.get("group_index"),
         "shadow": options.get("shadow"),
         "reply_to": options.get("reply_to"),
+        "callbacks": _signatures(options.get("link"), "link"),
+        "errbacks": _signatures(options.get("link_error"), "link_error"),
+        "chain": options.get("chain") or None,  # checked by Message: it can be long
+        "chord": options.get("chord"),
     }
     if options.get("task_id") is not None:
         fields["id"] = options["task_id"]
@@ -144,6 +148,18 @@ def _check_options(options: dict[str, Any]) -> None:
             close = get_close_matches(key, CALL_OPTIONS, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise TypeError(f"unknown option(s) for apply_async: {', '.join(hints)}")
+
+
+def _signatures(value: Any, option: str) -> list[dict[str, Any]] | None:
+    """A signature, or a list of them, as the list a message carries (None for none)."""
+    if not value:
+        return None
+    items = [value] if isinstance(value, Mapping) else value
+    if not isinstance(items, list | tuple) or not all(
+        isinstance(item, Mapping) and isinstance(item.get("task"), str) for item in items
+    ):
+        raise TypeError(f"{option} takes a signature or a list of signatures, not {value!r}")
+    return [item if isinstance(item, dict) else dict(item) for item in items]
 
 
 def _first(*values: Any) -> Any:

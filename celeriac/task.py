@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
@@ -17,6 +17,8 @@ from celeriac.errors import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.canvas import Signature
+    from celeriac.canvas import chunks as Chunks
     from celeriac.message import Message
     from celeriac.result import AsyncResult, EagerResult
 
@@ -230,6 +232,45 @@ class Task(Generic[P, R]):
         from celeriac.trace import apply_eagerly
 
         return apply_eagerly(self, args, kwargs, **options)
+
+    # -- canvas -------------------------------------------------------------------------
+
+    def signature(
+        self, args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None, **options: Any,
+    ) -> Signature:  # fmt: skip
+        """This task as data, with partial arguments and apply_async options."""
+        from celeriac.canvas import Signature
+
+        return Signature(self, args, kwargs, **options)
+
+    subtask = signature
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature with partial arguments: ``add.s(2)`` receives the previous result first."""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: earlier results are not passed to it."""
+        return self.signature(args, kwargs, immutable=True)
+
+    def map(self, it: Iterable[Any]) -> Signature:
+        """One message that calls this task on each item."""
+        from celeriac.canvas import xmap
+
+        return xmap(self.s(), it, self.app)
+
+    def starmap(self, it: Iterable[Any]) -> Signature:
+        """One message that calls this task on each tuple of arguments."""
+        from celeriac.canvas import xstarmap
+
+        return xstarmap(self.s(), it, self.app)
+
+    def chunks(self, it: Iterable[Any], n: int) -> Chunks:
+        """The calls for each tuple of arguments, ``n`` to a message, sent as a group."""
+        from celeriac.canvas import chunks
+
+        return chunks(self.s(), it, n, self.app)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         """A result handle for one of this task's ids."""

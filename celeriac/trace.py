@@ -226,6 +226,10 @@ def apply_eagerly(
         if outcome.state != states.RETRY or outcome.retry_message is None:
             break
         message = outcome.retry_message
+    if message.callbacks or message.errbacks or message.chain:
+        from celeriac.workflow import after_eager_outcome  # canvas: callbacks, next step
+
+        after_eager_outcome(task.app, message, request, outcome)
     throw = options.get("throw", task.app.conf.task_eager_propagates)
     if outcome.state == states.FAILURE and throw:
         raise outcome.result

@@ -22,10 +22,12 @@ from celeriac import signals, states
 from celeriac.backend import meta_key
 from celeriac.errors import MessageError, TimeLimitExceeded, WorkerLostError
 from celeriac.message import Message, decode
+from celeriac.trace import Outcome
 from celeriac.transports.base import DEFAULT_LEASE, Delivery, KeyWrite
 from celeriac.worker.execute import JobDone
 from celeriac.worker.finisher import Finisher
 from celeriac.worker.pools import Event, Job, Pool
+from celeriac.workflow import after_outcome
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -316,6 +318,9 @@ class Consumer:
         self.app.results.store(
             message.id, states.FAILURE, exc, name=message.task, worker=self.hostname
         )
+        if message.callbacks or message.errbacks or message.chain or message.chord:
+            # canvas: errbacks, the rest of the chain, the chord see this failure too
+            after_outcome(self.app, message, self.hostname, Outcome(states.FAILURE, exc))
 
     def _release_budget(self, count: int) -> None:
         with self._held_lock:

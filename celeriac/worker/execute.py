@@ -17,6 +17,7 @@ from celeriac.errors import NotRegistered
 from celeriac.message import Message, encode
 from celeriac.task import Request
 from celeriac.trace import IGNORED, Outcome, trace_task
+from celeriac.workflow import after_outcome
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -43,6 +44,8 @@ class JobDone:
     #: for REJECTED: a dead-letter reason, or requeue
     reason: str | None = None
     requeue: bool = False
+    #: for FAILURE and RETRY: the traceback text (for task events)
+    traceback: str | None = None
 
 
 def run_message(
@@ -73,11 +76,14 @@ def describe_outcome(
     app: Celeriac, job_id: int, message: Message, hostname: str, outcome: Outcome
 ) -> JobDone:
     """Turn an outcome into the consumer's instructions."""
+    if message.callbacks or message.errbacks or message.chain or message.chord:
+        after_outcome(app, message, hostname, outcome)  # canvas: callbacks, next step, chord
     done = JobDone(job_id, outcome.state, outcome.runtime)
     if outcome.state == states.SUCCESS:
         done.summary = _short.repr(outcome.result)
     elif outcome.state in (states.FAILURE, states.RETRY):
         done.summary = f"{type(outcome.result).__name__}({safe_str(outcome.result)})"
+        done.traceback = outcome.traceback
     if outcome.state == states.RETRY and outcome.retry_message is not None:
         nxt = outcome.retry_message
         done.retry_body = encode(nxt, app.conf.task_serializer)
