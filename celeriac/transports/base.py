@@ -240,6 +240,19 @@ class Transport(abc.ABC):
 
     # -- life -----------------------------------------------------------------------------
 
+    def instance_id(self) -> str | None:
+        """A name for the broker's current state that changes if that state is lost.
+
+        A worker compares it over time: a Redis restarted without persistence comes back
+        empty, and the worker reports it instead of carrying on silently. Engines whose
+        state cannot vanish that way return None.
+        """
+        return None
+
+    def server_warnings(self) -> list[str]:
+        """Settings of the broker server that put acknowledged work at risk, in plain words."""
+        return []
+
     def close(self) -> None:
         """Release connections; the transport reopens them if used again."""
 

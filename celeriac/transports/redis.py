@@ -241,6 +241,35 @@ class RedisTransport(Transport):
         if self._pid != pid:
             self._lock, self._redis, self._scripts, self._pid = threading.Lock(), None, None, pid
 
+    @_translated
+    def instance_id(self) -> str | None:
+        """A random name stored in Redis at first use: a Redis that lost its data loses it."""
+        key = self.prefix + "instance"
+        client = self._client()
+        client.set(key, secrets.token_hex(8), nx=True)
+        value = client.get(key)
+        return value.decode() if isinstance(value, bytes) else None
+
+    @_translated
+    def server_warnings(self) -> list[str]:
+        """Persistence off or an eviction policy: acknowledged work could be lost."""
+        client = self._client()
+        persistence: dict[str, Any] = client.info("persistence")
+        memory: dict[str, Any] = client.info("memory")
+        warnings = []
+        if not int(persistence.get("aof_enabled", 0)):
+            warnings.append(
+                f"Redis at {self.location} has appendonly off: a restart can lose queued "
+                "work; use appendonly yes and appendfsync always"
+            )
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if policy != "noeviction":
+            warnings.append(
+                f"Redis at {self.location} evicts keys (maxmemory-policy {policy}): queued "
+                "work can vanish under memory pressure; use noeviction"
+            )
+        return warnings
+
     def close(self) -> None:
         """Close this process's connections; they reopen on next use."""
         self._forget_parent()

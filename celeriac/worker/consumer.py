@@ -116,7 +116,9 @@ class Consumer:
 
     def _lease_loop(self) -> None:
         broker = self.app.broker
+        known = self._broker_instance(None)
         while not self.stopping.wait(self.lease / 3):
+            known = self._broker_instance(known)
             held = [item.delivery for item in list(self.inflight.values()) if not item.acked]
             if not held:
                 continue
@@ -128,6 +130,20 @@ class Consumer:
             for delivery in held:
                 if delivery.lease not in kept:
                     logger.warning("lease lost on message %s", delivery.message_id)
+
+    def _broker_instance(self, known: str | None) -> str | None:
+        """Report a broker that lost its state (a Redis restarted without persistence)."""
+        try:
+            current = self.app.broker.instance_id()
+        except Exception:
+            return known  # the broker is away; the transport reconnects
+        if known is not None and current != known:
+            logger.error(
+                "The broker %s lost its state (restarted without persistence?): work queued "
+                "before is gone; %d task(s) held here will be stored but cannot be acknowledged",
+                self.app.broker_url, len(self.inflight),
+            )  # fmt: skip
+        return current
 
     # -- the main loop --------------------------------------------------------------------
 

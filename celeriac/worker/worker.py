@@ -91,6 +91,8 @@ class Worker:
         signals.worker_init.send(sender=self)
         # One real round trip before anything else, so a bad broker fails here, cleanly.
         self.app.broker.size(self.queues[0])
+        for warning in self.app.broker.server_warnings():
+            logger.warning("%s", warning)
         self._write_pidfile()
         try:
             return self._run()
