@@ -1,4 +1,4 @@
-"""celeriac's benchmark: ``python3 dev.py bench [--engines sqlite] [--tasks 20000]``.
+"""celeriac's benchmark: ``python3 dev.py bench [--engines sqlite] [--tasks 20000] [--peers]``.
 
 For each engine it measures, in one run, celeriac and the ceiling (bare client code doing
 the same broker work per task) and prints the ratio; it writes every figure to a JSON file.
@@ -18,6 +18,8 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from bench import peers_driver
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # benchtasks, as the worker processes import it
@@ -45,6 +47,10 @@ def run_engine(url: str, engine: str, tasks: int, work: Path) -> dict[str, Any]:
     }
     best = max(drains, key=drains.__getitem__)
     figures["drain"] = {"best": drains[best], "config": best, "all": drains}
+    pool, concurrency = DRAIN_CONFIGS[list(drains).index(best)]
+    figures["events"] = {"config": best, **scenarios.events_cost(
+        app, url, tasks, pool, concurrency, work
+    )}  # fmt: skip
     figures["round_trip_ms"] = scenarios.round_trip(app, url, 1000, work)
     figures["idle_memory"] = scenarios.idle_memory(app, url, work)
     figures["ceiling"] = ceiling(engine, url, body, tasks, work)
@@ -103,6 +109,11 @@ def table(results: list[dict[str, Any]]) -> str:
                 bare.get("drain", {}).get("best"), 0.6,
             ),
         ]  # fmt: skip
+        if "events" in r:
+            ev = r["events"]
+            rows.append((r["engine"], f"drain with events on ({ev['config']})",
+                         f"{ev['on']:,.0f}/s", f"off: {ev['off']:,.0f}/s",
+                         f"cost {ev['cost_percent']:.1f}%", "cost < 10%"))  # fmt: skip
         rt = r["round_trip_ms"]
         rows.append((r["engine"], "round trip p50/p95/p99",
                      f"{rt['p50']:.2f}/{rt['p95']:.2f}/{rt['p99']:.2f} ms", "", "",
@@ -129,21 +140,28 @@ def main() -> int:
     parser.add_argument("--engines", default="sqlite,redis", help="comma-separated: sqlite,redis")
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--json", default=str(HERE.parent / ".bench" / "latest.json"))
+    parser.add_argument("--peers", action="store_true",
+                        help="also measure Celery, Huey, Dramatiq, taskiq")  # fmt: skip
     options = parser.parse_args()
     results = []
+    peers = None
     with tempfile.TemporaryDirectory(prefix="celeriac-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         for engine in options.engines.split(","):
             url = broker_url(engine.strip(), work, stack)
             results.append(run_engine(url, engine.strip(), options.tasks, work))
+        if options.peers:
+            peers = peers_driver.measure(results, options.tasks, work, stack)
     header = (f"celeriac benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
               f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
               f"{options.tasks:,} tasks")  # fmt: skip
     print(header)
     print(table(results))
+    if peers:
+        print(peers_driver.report(peers, results))
     out = Path(options.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"header": header, "results": results}, indent=2))
+    out.write_text(json.dumps({"header": header, "results": results, "peers": peers}, indent=2))
     print(f"\nfigures written to {out}")
     return 0
 

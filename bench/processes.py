@@ -12,13 +12,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 
-def start_worker(url: str, pool: str, concurrency: int, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    url: str, pool: str, concurrency: int, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
     """A real worker process on ``url`` in its own process group, logging to ``log``."""
     env = dict(os.environ, CELERIAC_BROKER_URL=url, PYTHONPATH=str(HERE))
     env.pop("CELERIAC_RESULT_BACKEND", None)
     command = [
         sys.executable, "-m", "celeriac", "-A", "benchtasks", "worker", "-P", pool,
-        "-c", str(concurrency), "-l", "warning", "--logfile", str(log),
+        "-c", str(concurrency), "-l", "warning", "--logfile", str(log), *extra,
     ]  # fmt: skip
     return subprocess.Popen(
         command, env=env, cwd=log.parent, start_new_session=True,

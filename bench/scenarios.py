@@ -44,11 +44,14 @@ def wait_drained(app: Celeriac, queue: str = "celeriac", timeout: float = 600.0)
         time.sleep(0.02)
 
 
-def drain(app: Celeriac, url: str, n: int, pool: str, concurrency: int, work: Path) -> float:
+def drain(
+    app: Celeriac, url: str, n: int, pool: str, concurrency: int, work: Path, *extra: str
+) -> float:
     """Tasks per second to drain a backlog of ``n``, from worker start to the last ack."""
     backlog(app, n)
     started = time.perf_counter()
-    worker = start_worker(url, pool, concurrency, work / f"drain-{pool}-{concurrency}.log")
+    log = work / f"drain-{pool}-{concurrency}{''.join(extra)}.log"
+    worker = start_worker(url, pool, concurrency, log, *extra)
     try:
         wait_drained(app)
         return n / (time.perf_counter() - started)
@@ -92,3 +95,17 @@ def idle_memory(app: Celeriac, url: str, work: Path, concurrency: int = 2) -> di
         "total_mb": round(sum(sizes) / 1024, 1),
         "largest_mb": round(max(sizes) / 1024, 1) if sizes else 0.0,
     }
+
+
+def events_cost(
+    app: Celeriac, url: str, n: int, pool: str, concurrency: int, work: Path, rounds: int = 2
+) -> dict[str, float]:
+    """Drain throughput with task events off and on (worker -E), best of ``rounds`` each,
+    alternating; ``cost_percent`` is the throughput events take away."""
+    off: list[float] = []
+    on: list[float] = []
+    for _ in range(rounds):
+        off.append(drain(app, url, n, pool, concurrency, work))
+        on.append(drain(app, url, n, pool, concurrency, work, "-E"))
+    best_off, best_on = max(off), max(on)
+    return {"off": best_off, "on": best_on, "cost_percent": 100 * (1 - best_on / best_off)}

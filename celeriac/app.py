@@ -23,6 +23,7 @@ from celeriac.task import TASK_OPTIONS, Task, current_request
 from celeriac.transports import Transport, open_transport
 
 if TYPE_CHECKING:
+    from celeriac.control import Control
     from celeriac.result import AsyncResult
 
 P = ParamSpec("P")
@@ -290,6 +291,10 @@ class Celeriac:
             message.queue, body, due=message.due_timestamp(), priority=message.priority
         )
         signals.after_task_publish.send(sender=name, message=message)
+        if self.conf.task_send_sent_event:
+            from celeriac.events import task_sent  # monitoring: task-sent
+
+            task_sent(self, message)
         return AsyncResult(message.id, self, name)
 
     def send_many(self, calls: Iterable[Any]) -> list[AsyncResult[Any]]:
@@ -314,7 +319,19 @@ class Celeriac:
         self.broker.publish_many(
             (m.queue, body, m.due_timestamp(), m.priority) for m, body in prepared
         )
+        if self.conf.task_send_sent_event:
+            from celeriac.events import task_sent  # monitoring: task-sent
+
+            for message, _ in prepared:
+                task_sent(self, message)
         return [AsyncResult(m.id, self, m.task) for m, _ in prepared]
+
+    @property
+    def control(self) -> Control:
+        """Remote control of workers: ``ping()``, ``inspect()``, ``revoke()``, ``broadcast()``."""
+        from celeriac.control import Control
+
+        return Control(self)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         """A result handle for a task id."""

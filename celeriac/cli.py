@@ -1,4 +1,6 @@
-"""The ``celeriac`` command: ``celeriac -A proj worker|beat|call|result|purge``.
+"""The ``celeriac`` command: ``celeriac -A proj worker|beat|call|result|purge``, and the
+monitoring and control commands (``inspect|control|status|events|queues|dlq``, in
+``celeriac.monitor.commands``).
 
 Usage errors (a bad option, an app that cannot be found) print one clear line and exit 2.
 """
@@ -278,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     purge = _command(commands, "purge", cmd_purge, "delete waiting messages")
     purge.add_argument("-Q", "--queues", type=_queues)
     purge.add_argument("-f", "--force", action="store_true")
+    # monitoring and control: inspect, control, status, events, queues, dlq
+    from celeriac.monitor.commands import add_commands
+
+    add_commands(commands, _command)
     return parser
 
 

@@ -415,6 +415,13 @@ class _Table:
         _optional(_integer(1)))
     worker_send_task_events = Setting(
         "worker_send_task_events", False, "Send task events for monitors (worker -E).", _boolean)
+    event_history_length = Setting(
+        "event_history_length", 100,
+        "Recent event batches the broker keeps for monitors started later; 0 keeps none.",
+        _integer(0))
+    event_history_age = Setting(
+        "event_history_age", 3600.0, "Seconds the broker keeps a batch of recent events.",
+        _seconds())
     worker_shutdown_timeout = Setting(
         "worker_shutdown_timeout", 30.0, "Seconds running tasks get to finish after SIGTERM.",
         _seconds(zero=True))

@@ -155,6 +155,10 @@ class AsyncResult(Generic[R]):
         self._meta = None
         self.app.results.forget(self.id)
 
+    def revoke(self, terminate: bool = False, signal: str | int = "SIGTERM") -> None:
+        """Ask workers not to run this task; with ``terminate``, stop it if it runs."""
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal)
+
     # -- identity -----------------------------------------------------------------------
 
     def __repr__(self) -> str:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from celeriac.errors import MaxRetriesExceededError, Retry
+from celeriac.states import ALL_STATES
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -345,6 +346,10 @@ class Task(Generic[P, R]):
         if not task_id:
             raise ValueError("update_state() needs a task id outside a running task")
         self.app.results.store(task_id, state or "PENDING", meta, name=self.name)
+        if self.app.conf.worker_send_task_events and state and state not in ALL_STATES:
+            from celeriac.events import task_progress  # monitoring: task-progress
+
+            task_progress(self.app, task_id, self.name, state, meta, self.request.hostname)
 
     def __repr__(self) -> str:
         return f"<@task: {self.name} of {self.app.main}>"

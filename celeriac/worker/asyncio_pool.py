@@ -74,6 +74,8 @@ class AsyncioPool(Pool):
             with self._lock:
                 if self._queued.pop(job.job_id, None) is None:
                     return  # taken back at shutdown
+                if not self._starting(job):
+                    return
                 self._running += 1
             try:
                 done = await self._execute(job)

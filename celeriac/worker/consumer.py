@@ -24,6 +24,7 @@ from celeriac.errors import MessageError, TimeLimitExceeded, WorkerLostError
 from celeriac.message import Message, decode
 from celeriac.trace import Outcome
 from celeriac.transports.base import DEFAULT_LEASE, Delivery, KeyWrite
+from celeriac.worker.control import RevokedSet, WorkerControl
 from celeriac.worker.execute import JobDone
 from celeriac.worker.finisher import Finisher
 from celeriac.worker.pools import Event, Job, Pool
@@ -32,6 +33,7 @@ from celeriac.workflow import after_outcome
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.worker.autoscale import Autoscaler
+    from celeriac.worker.task_events import TaskEvents
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -78,15 +80,23 @@ class Consumer:
         self._room = threading.Event()
         self._next_id = 0
         self.stopping = threading.Event()
+        #: set by close(): leases are renewed until then, through a graceful shutdown
+        self.closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self.finisher = Finisher(app)
+        # monitoring and control (celeriac.worker.control): set up by start()
+        self.revoked = RevokedSet()
+        self.task_events: TaskEvents | None = None  # only when task events are on (-E)
+        self.control: WorkerControl | None = None
         #: monotonic times of the last main-loop step and successful broker call (health)
         self.last_loop = self.last_broker_ok = time.monotonic()
 
     # -- the threads ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the fetcher, the lease keeper and the finisher."""
+        """Start remote control, the fetcher, the lease keeper and the finisher."""
+        self.control = WorkerControl(self)  # revocations loaded before the first fetch
+        self.control.start()
         self.finisher.start()
         for target, name in ((self._fetch_loop, "fetcher"), (self._lease_loop, "lease-keeper")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -117,7 +127,7 @@ class Consumer:
     def _lease_loop(self) -> None:
         broker = self.app.broker
         known = self._broker_instance(None)
-        while not self.stopping.wait(self.lease / 3):
+        while not self.closed.wait(self.lease / 3):
             known = self._broker_instance(known)
             held = [item.delivery for item in list(self.inflight.values()) if not item.acked]
             if not held:
@@ -225,8 +235,13 @@ class Consumer:
             if message.is_expired():
                 self._expire(delivery, message)
                 continue
+            if message.id in self.revoked:  # remote control: revoked before it arrived
+                self._discard_revoked(delivery, message)
+                continue
             logger.info("Received task: %s[%s]", message.task, message.id)
             signals.task_received.send(sender=self, message=message)
+            if self.task_events is not None:
+                self.task_events.received(message)
             self._next_id += 1
             self.inflight[self._next_id] = Inflight(delivery, message, delivery.body)
             self._submit(self._next_id)
@@ -239,6 +254,8 @@ class Consumer:
         )  # fmt: skip
         self.app.broker.dead_letter(delivery, reason)
         signals.task_rejected.send(sender=self, delivery=delivery, reason=reason)
+        if self.task_events is not None:
+            self.task_events.rejected(delivery, reason)
         self._release_budget(1)
 
     def _expire(self, delivery: Delivery, message: Message) -> None:
@@ -249,6 +266,25 @@ class Consumer:
         )  # fmt: skip
         self.app.broker.ack(delivery)
         signals.task_revoked.send(sender=self, request=message, expired=True)
+        if self.task_events is not None:
+            self.task_events.revoked(message, expired=True)
+        self._release_budget(1)
+
+    def _discard_revoked(
+        self, delivery: Delivery, message: Message, acked: bool = False, terminated: bool = False
+    ) -> None:
+        """Store REVOKED for a task revoked by remote control and end its delivery."""
+        logger.info("Discarding revoked task: %s[%s]", message.task, message.id)
+        why = "terminated" if terminated else "revoked"
+        self.app.results.store(
+            message.id, states.REVOKED, {"exc_type": "TaskRevokedError", "exc_message": why},
+            name=message.task, worker=self.hostname,
+        )  # fmt: skip
+        if not acked:
+            self.app.broker.ack(delivery)
+        signals.task_revoked.send(sender=self, request=message, terminated=terminated)
+        if self.task_events is not None:
+            self.task_events.revoked(message, terminated=terminated)
         self._release_budget(1)
 
     # -- finishing ------------------------------------------------------------------------
@@ -262,6 +298,8 @@ class Consumer:
             if item is None:
                 continue
             self._log_outcome(item.message, done)
+            if self.task_events is not None:
+                self.task_events.finished(item.message, done)
             write = None
             if done.meta is not None:
                 write = (meta_key(item.message.id), done.meta, self.app.results.expires)
@@ -307,8 +345,13 @@ class Consumer:
         item = self.inflight.pop(job_id, None)
         if item is None:
             return
+        if item.message.id in self.revoked:  # remote control: stopped by revoke(terminate)
+            self._discard_revoked(item.delivery, item.message, item.acked, terminated=True)
+            return
         message, delivery = item.message, item.delivery
         logger.error("Process running %s[%s] died (%s)", message.task, message.id, how)
+        if self.task_events is not None:
+            self.task_events.failed(message, f"WorkerLostError(worker process died ({how}))")
         if not item.acked:
             self.app.broker.release(delivery, reason="worker_lost")
         # After the release, so a client that sees the failure also sees the dead letter.
@@ -326,6 +369,8 @@ class Consumer:
             "Hard time limit (%ss) exceeded for %s[%s]", limit, item.message.task, item.message.id
         )
         self._store_failure(item.message, TimeLimitExceeded(f"hard time limit ({limit}s)"))
+        if self.task_events is not None:
+            self.task_events.failed(item.message, f"TimeLimitExceeded(hard time limit ({limit}s))")
         if not item.acked:
             self.app.broker.ack(item.delivery)
         self._release_budget(1)
@@ -364,8 +409,7 @@ class Consumer:
         self._room.set()
 
     def _wind_down(self) -> None:
-        for thread in self._threads:
-            thread.join(2.0)
+        self._threads[0].join(2.0)  # the fetcher; the lease keeper runs until close()
         self._give_back_unstarted()
         self._handle(_drain(self.events))
 
@@ -397,7 +441,10 @@ class Consumer:
 
     def close(self) -> None:
         """Write the last results and acknowledgements; call once the pool has stopped."""
+        self.closed.set()
         self.finisher.stop()
+        if self.control is not None:
+            self.control.stop()  # worker-offline, and the last events
 
     def abandon_running(self, reason: str) -> None:
         """Give back jobs that were still running when the worker had to stop."""

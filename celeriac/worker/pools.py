@@ -15,6 +15,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,9 @@ class Pool(abc.ABC):
     """The pool interface the consumer drives."""
 
     name = ""
+    #: monitoring and control (celeriac.worker.control): told of each job as it starts; a
+    #: JobDone it returns stands for the job, which does not run (revoked while it waited)
+    on_start: Callable[[Job], JobDone | None] | None = None
 
     def __init__(
         self, app: Celeriac, concurrency: int, hostname: str, events: queue.SimpleQueue[Event]
@@ -53,6 +57,20 @@ class Pool(abc.ABC):
         self.concurrency = concurrency
         self.hostname = hostname
         self.events = events
+
+    def _starting(self, job: Job) -> bool:
+        """Tell ``on_start`` that ``job`` starts; False when it must not run after all."""
+        if self.on_start is None:
+            return True
+        instead = self.on_start(job)
+        if instead is None:
+            return True
+        self.events.put(("done", instead))
+        return False
+
+    def terminate_job(self, job_id: int, signum: int) -> bool:
+        """Signal the process running ``job_id`` (revoke with terminate); False: cannot."""
+        return False
 
     def start(self) -> None:
         """Start the pool's threads or processes."""
@@ -115,7 +133,8 @@ class SoloPool(Pool):
 
     def submit(self, job: Job) -> None:
         """Run the job now."""
-        self.events.put(("done", run_job(self.app, job, self.hostname)))
+        if self._starting(job):
+            self.events.put(("done", run_job(self.app, job, self.hostname)))
 
     def take_back(self) -> list[int]:
         """Nothing waits: jobs run as they are submitted."""
@@ -175,7 +194,8 @@ class ThreadPool(Pool):
                 with self._stops_lock:
                     self._stops_queued -= 1
                 return
-            self.events.put(("done", run_job(self.app, job, self.hostname)))
+            if self._starting(job):
+                self.events.put(("done", run_job(self.app, job, self.hostname)))
 
     def submit(self, job: Job) -> None:
         """Queue the job for the next free thread."""

@@ -128,6 +128,8 @@ class PreforkPool(Pool):
             if child is None:
                 self._waiting.append(job)
                 return
+            if not self._starting(job):
+                return
             self._assign(child, job)
         self._send(child, job)
 
@@ -145,10 +147,11 @@ class PreforkPool(Pool):
 
     def _next_for(self, child: _Child) -> Job | None:
         """The next waiting job for a child that just became free (caller holds the lock)."""
-        if self._waiting and self._available(child):
+        while self._waiting and self._available(child):
             job = self._waiting.popleft()
-            self._assign(child, job)
-            return job
+            if self._starting(job):
+                self._assign(child, job)
+                return job
         return None
 
     def _send(self, child: _Child, job: Job) -> None:
@@ -249,6 +252,16 @@ class PreforkPool(Pool):
                 job = self._next_for(replacement)
             if job is not None:
                 self._send(replacement, job)
+
+    def terminate_job(self, job_id: int, signum: int) -> bool:
+        """Signal the child running ``job_id`` (revoke with terminate); False if none does."""
+        with self._lock:
+            child = next((c for c in self._children if c.job_id == job_id), None)
+        if child is None or child.process.pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.process.pid, signum)
+        return True
 
     def pids(self) -> list[int]:
         """The children's process ids."""
