@@ -20,8 +20,8 @@ query touches only the rows it needs, even with 100k messages queued:
 Options (``options`` dict): ``max_deliveries`` (see the contract), ``reclaim_interval``
 (seconds between sweeps of expired leases, default 0.5), ``busy_timeout`` (seconds a writer
 waits for the lock, default 10), ``sweep_interval`` (seconds between sweeps of expired keys
-and old topic rows, default 5), ``topic_keep`` (topic rows kept, default 10,000) and
-``topic_max_age`` (seconds a topic row is kept, default 3,600) and ``poll_interval`` (how
+and old topic rows, default 5), ``topic_keep`` (topic rows kept, default 2,000) and
+``topic_max_age`` (seconds a topic row is kept, default 300) and ``poll_interval`` (how
 often a waiting fetch or ``wait`` looks for other processes' commits, default 0.002 s).
 """
 
@@ -184,8 +184,8 @@ class SQLiteTransport(Transport):
         self.reclaim_interval = float(self.options.get("reclaim_interval", 0.5))
         self.busy_timeout = float(self.options.get("busy_timeout", 10.0))
         self.sweep_interval = float(self.options.get("sweep_interval", 5.0))
-        self.topic_keep = int(self.options.get("topic_keep", 10_000))
-        self.topic_max_age = float(self.options.get("topic_max_age", 3600.0))
+        self.topic_keep = int(self.options.get("topic_keep", 2_000))
+        self.topic_max_age = float(self.options.get("topic_max_age", 300.0))
         # How often a waiting fetch or wait() looks for other processes' commits: the
         # latency floor of an idle worker, at a cost of one cheap PRAGMA per look.
         self.poll_interval = float(self.options.get("poll_interval", 0.002))
