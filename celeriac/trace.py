@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import signal
 import threading
@@ -106,20 +107,12 @@ def _alarm(seconds: float | None) -> Iterator[None]:
 
 def trace_task(task: Task[Any, Any], request: Request) -> Outcome:
     """Run ``task`` under ``request`` with signals, retries and error capture."""
-    token = push_request(task, request)
-    send = {"sender": task, "task_id": request.id, "task": task}
-    signals.task_prerun.send(**send, args=request.args, kwargs=request.kwargs)
-    started = time.perf_counter()
+    token, started = _begin(task, request)
     try:
         outcome = _run(task, request)
     finally:
         pop_request(token)
-    outcome.runtime = time.perf_counter() - started
-    signals.task_postrun.send(
-        **send, args=request.args, kwargs=request.kwargs, retval=outcome.result,
-        state=outcome.state,
-    )  # fmt: skip
-    return outcome
+    return _end(task, request, outcome, started)
 
 
 def _run(task: Task[Any, Any], request: Request) -> Outcome:
@@ -133,10 +126,7 @@ def _run(task: Task[Any, Any], request: Request) -> Outcome:
 
 async def trace_task_async(task: Task[Any, Any], request: Request) -> Outcome:
     """``trace_task`` for the asyncio pool: a coroutine task is awaited on the running loop."""
-    token = push_request(task, request)
-    send = {"sender": task, "task_id": request.id, "task": task}
-    signals.task_prerun.send(**send, args=request.args, kwargs=request.kwargs)
-    started = time.perf_counter()
+    token, started = _begin(task, request)
     try:
         fn, args = (task.run, [task, *request.args]) if task.bind else (task.run, request.args)
         value = fn(*args, **request.kwargs)
@@ -148,10 +138,24 @@ async def trace_task_async(task: Task[Any, Any], request: Request) -> Outcome:
         outcome = succeeded(task, value)
     finally:
         pop_request(token)
+    return _end(task, request, outcome, started)
+
+
+def _begin(task: Task[Any, Any], request: Request) -> tuple[contextvars.Token[Any], float]:
+    """Make the request current and send task_prerun; the token and the start time."""
+    token = push_request(task, request)
+    signals.task_prerun.send(
+        sender=task, task_id=request.id, task=task, args=request.args, kwargs=request.kwargs
+    )
+    return token, time.perf_counter()
+
+
+def _end(task: Task[Any, Any], request: Request, outcome: Outcome, started: float) -> Outcome:
+    """Record the runtime and send task_postrun."""
     outcome.runtime = time.perf_counter() - started
     signals.task_postrun.send(
-        **send, args=request.args, kwargs=request.kwargs, retval=outcome.result,
-        state=outcome.state,
+        sender=task, task_id=request.id, task=task, args=request.args, kwargs=request.kwargs,
+        retval=outcome.result, state=outcome.state,
     )  # fmt: skip
     return outcome
 
