@@ -195,7 +195,8 @@ def _json_arg(text: str | None, kind: type, flag: str) -> Any:
 # -- the parser --------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (an argparse type)."""
     try:
         value = int(text)
     except ValueError:
@@ -208,7 +209,7 @@ def _positive_int(text: str) -> int:
 def _non_negative_int(text: str) -> int:
     if text.strip() == "0":
         return 0
-    return _positive_int(text)
+    return positive_int(text)
 
 
 def _seconds(text: str) -> float:
@@ -232,8 +233,8 @@ def _autoscale(text: str) -> tuple[int, int]:
     parts = text.split(",")
     if len(parts) > 2:
         raise argparse.ArgumentTypeError(f"expected MAX,MIN such as 10,3, got {text!r}")
-    maximum = _positive_int(parts[0])
-    minimum = _positive_int(parts[1]) if len(parts) == 2 else 1
+    maximum = positive_int(parts[0])
+    minimum = positive_int(parts[1]) if len(parts) == 2 else 1
     if minimum > maximum:
         raise argparse.ArgumentTypeError(f"MIN ({minimum}) is larger than MAX ({maximum})")
     return maximum, minimum
@@ -299,7 +300,7 @@ def _command(
 def _worker_parser(commands: Any) -> None:
     worker = _command(commands, "worker", cmd_worker, "run a worker")
     worker.add_argument("-l", "--loglevel", type=_loglevel, default="WARNING")
-    worker.add_argument("-c", "--concurrency", type=_positive_int)
+    worker.add_argument("-c", "--concurrency", type=positive_int)
     worker.add_argument("-P", "--pool", choices=("prefork", "threads", "asyncio", "solo"))
     worker.add_argument("-Q", "--queues", type=_queues)
     worker.add_argument("-n", "--hostname", help="node name, e.g. w1@%%h")
@@ -310,8 +311,8 @@ def _worker_parser(commands: Any) -> None:
     worker.add_argument("--shutdown-timeout", type=_seconds)
     worker.add_argument("--health-file", help="touched every 2 s while the worker is healthy")
     worker.add_argument("--autoscale", type=_autoscale, metavar="MAX,MIN")
-    worker.add_argument("--max-tasks-per-child", type=_positive_int)
-    worker.add_argument("--max-memory-per-child", type=_positive_int, help="KiB")
+    worker.add_argument("--max-tasks-per-child", type=positive_int)
+    worker.add_argument("--max-memory-per-child", type=positive_int, help="KiB")
     worker.add_argument("--prefetch-multiplier", type=_non_negative_int)
 
 

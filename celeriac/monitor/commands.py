@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celeriac.cli import UsageError
+from celeriac.cli import positive_int as count_type
 from celeriac.control import DEFAULT_TIMEOUT, Replies, signal_number
 from celeriac.monitor.queues import cmd_dlq, cmd_queues
 from celeriac.monitor.screen import cmd_events
@@ -54,17 +55,6 @@ def destination_type(text: str) -> list[str]:
             f"expected worker names separated by commas (w1@host,w2@host), got {text!r}"
         )
     return names
-
-
-def count_type(text: str) -> int:
-    """A whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
 
 
 def signal_type(text: str) -> str:
