@@ -214,19 +214,7 @@ def test_a_task_stopped_at_its_hard_time_limit_fails_its_chord_and_its_chain(
     assert lines(ledger, "body") == []
 
 
-@pytest.mark.parametrize(
-    "kill",
-    [
-        "worker",
-        pytest.param(
-            "pool_process",
-            # Open bug, seen about once in ten runs under load: after one pool process is
-            # SIGKILLed, the chord body sometimes never runs (get() times out). Kept running,
-            # not strict, so it reports XPASS/XFAIL until fixed; see the session's note.
-            marks=pytest.mark.xfail(strict=False, reason="open bug: chord body lost sometimes"),
-        ),
-    ],
-)
+@pytest.mark.parametrize("kill", ["worker", "pool_process"])
 def test_a_chord_of_50_runs_its_body_once_when_a_worker_is_killed_mid_chord(
     producer: Celeriac, start_worker_process: StartWorker, ledger: Path, kill: str
 ) -> None:

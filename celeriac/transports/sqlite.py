@@ -34,6 +34,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -128,6 +129,39 @@ _READY_ONE_QUEUE = """SELECT * FROM (
 # disturb the parent's locks and WAL files (see https://www.sqlite.org/howtocorrupt.html).
 _inherited: list[sqlite3.Connection] = []
 _fork_lock = threading.Lock()
+#: This process's transports, each held still across a fork (see ``_hold_for_fork``).
+_open_transports: weakref.WeakSet[SQLiteTransport] = weakref.WeakSet()
+
+
+def _hold_for_fork() -> None:
+    """Before fork(): wait until no thread of this process is inside a SQLite statement.
+
+    SQLite keeps a per-process record of the file locks its connections hold. A child forked
+    while another thread is in the middle of a write inherits that record without the lock,
+    and its own connection then waits for a lock no one will release (a worker's replacement
+    pool process did, for the whole busy timeout). Holding every transport's lock across the
+    fork means the child starts with no statement in flight.
+    """
+    pid = os.getpid()
+    for transport in sorted(_open_transports, key=id):
+        if transport._pid == pid:
+            transport._lock.acquire()
+            transport._held_for_fork = True
+
+
+def _release_after_fork() -> None:
+    """After fork(), in the parent and in the child: let go of what ``_hold_for_fork`` took."""
+    for transport in list(_open_transports):
+        if transport._held_for_fork:
+            transport._held_for_fork = False
+            transport._lock.release()
+
+
+os.register_at_fork(
+    before=_hold_for_fork,
+    after_in_parent=_release_after_fork,
+    after_in_child=_release_after_fork,
+)
 
 
 @functools.lru_cache(maxsize=32)
@@ -190,8 +224,10 @@ class SQLiteTransport(Transport):
         # latency floor of an idle worker, at a cost of one cheap PRAGMA per look.
         self.poll_interval = float(self.options.get("poll_interval", 0.002))
         self._lock = threading.Lock()
+        self._held_for_fork = False
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
+        _open_transports.add(self)
         self._reclaimed = 0.0  # when this object last took back expired leases
         self._swept = 0.0  # when this object last dropped expired keys and old topic rows
         self._commits = 0  # our own commits, which PRAGMA data_version does not count

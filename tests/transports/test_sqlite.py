@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from contextlib import closing
@@ -114,6 +116,54 @@ def test_a_forked_child_reopens_the_connection(tmp_path: Path) -> None:
     assert transport.size("work") == 0
     transport.publish("work", b"after")
     assert [d.body for d in transport.fetch(["work"])] == [b"after"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_writes_can_write(tmp_path: Path) -> None:
+    """A worker forks replacement pool processes while its other threads use the broker.
+
+    A fork in the middle of another thread's write transaction once left the child waiting
+    for a lock no one would release, for the whole busy timeout.
+    """
+    transport = SQLiteTransport(f"sqlite:///{tmp_path / 'fork.sqlite3'}", {"busy_timeout": 2})
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            transport.put("parent", os.urandom(64))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    codes = []
+    try:
+        for index in range(30):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 1
+                try:
+                    transport.put(f"child-{index}", b"written")
+                    code = 0
+                finally:
+                    os._exit(code)
+            codes.append(_exit_code_within(pid, 10.0))
+    finally:
+        stop.set()
+        writer.join()
+    assert codes == [0] * 30
+    assert all(transport.get(f"child-{index}") == b"written" for index in range(30))
+
+
+def _exit_code_within(pid: int, seconds: float) -> int | str:
+    """A child's exit code, or 'hung' (and the child killed) if it did not exit in time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "hung"
 
 
 def test_relative_path_is_in_the_working_directory(
