@@ -1,7 +1,10 @@
-"""celeriac's benchmark: ``python3 dev.py bench [--engines sqlite] [--tasks 20000] [--peers]``.
+"""celeriac's benchmark: ``python3 dev.py bench [--engines sqlite] [--tasks 20000] [--peers]
+[--scenarios throughput,workflows,rate_limit]``.
 
 For each engine it measures, in one run, celeriac and the ceiling (bare client code doing
-the same broker work per task) and prints the ratio; it writes every figure to a JSON file.
+the same broker work per task) and prints the ratio; then the completion time of a 1,000-task
+chord and a 1,000-link chain, and how closely a cluster-wide rate limit holds with two worker
+processes. It writes every figure to a JSON file.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # benchtasks, as the worker processes import it
 
 DRAIN_CONFIGS = (("prefork", 2), ("prefork", 4), ("threads", 4), ("solo", 1))
+SCENARIOS = ("throughput", "workflows", "rate_limit")
 
 
-def run_engine(url: str, engine: str, tasks: int, work: Path) -> dict[str, Any]:
-    """Every scenario on one engine, celeriac and ceiling."""
+def run_engine(
+    url: str, engine: str, tasks: int, work: Path, chosen: tuple[str, ...] = SCENARIOS
+) -> dict[str, Any]:
+    """The chosen scenarios on one engine."""
     os.environ["CELERIAC_BROKER_URL"] = url
     import benchtasks
 
@@ -37,8 +43,23 @@ def run_engine(url: str, engine: str, tasks: int, work: Path) -> dict[str, Any]:
     app = benchtasks.app
     app.close()
     app.broker.purge("celeriac")
+    figures: dict[str, Any] = {"engine": engine, "url": url}
+    if "throughput" in chosen:
+        figures.update(throughput(app, url, engine, tasks, work))
+    if "workflows" in chosen:
+        figures["workflows"] = scenarios.workflows(app, url, work)
+    if "rate_limit" in chosen:
+        figures["rate_limit"] = scenarios.rate_limit(app, url, work)
+    app.broker.purge("celeriac")
+    return figures
+
+
+def throughput(app: Any, url: str, engine: str, tasks: int, work: Path) -> dict[str, Any]:
+    """Enqueue, drain, events, round trip and memory, celeriac and ceiling."""
+    from bench import scenarios
+
     body = _sample_body(app)
-    figures: dict[str, Any] = {"engine": engine, "url": url, "body_bytes": len(body)}
+    figures: dict[str, Any] = {"body_bytes": len(body)}
     figures["enqueue_one"] = scenarios.enqueue_one(app, tasks)
     figures["enqueue_bulk"] = scenarios.enqueue_bulk(app, tasks)
     drains = {
@@ -54,7 +75,6 @@ def run_engine(url: str, engine: str, tasks: int, work: Path) -> dict[str, Any]:
     figures["round_trip_ms"] = scenarios.round_trip(app, url, 1000, work)
     figures["idle_memory"] = scenarios.idle_memory(app, url, work)
     figures["ceiling"] = ceiling(engine, url, body, tasks, work)
-    app.broker.purge("celeriac")
     return figures
 
 
@@ -100,31 +120,55 @@ def table(results: list[dict[str, Any]]) -> str:
     """The figures as a table with ratios to the ceiling."""
     rows: list[tuple[str, ...]] = [("engine", "scenario", "celeriac", "ceiling", "ratio", "target")]
     for r in results:
-        bare = r["ceiling"]
-        rows += [
-            _rate_row(r, "enqueue one by one", r["enqueue_one"], bare.get("enqueue_one"), 0.9),
-            _rate_row(r, "enqueue bulk", r["enqueue_bulk"], bare.get("enqueue_bulk"), 0.5),
-            _rate_row(
-                r, f"drain ({r['drain']['config']})", r["drain"]["best"],
-                bare.get("drain", {}).get("best"), 0.6,
-            ),
-        ]  # fmt: skip
-        if "events" in r:
-            ev = r["events"]
-            rows.append((r["engine"], f"drain with events on ({ev['config']})",
-                         f"{ev['on']:,.0f}/s", f"off: {ev['off']:,.0f}/s",
-                         f"cost {ev['cost_percent']:.1f}%", "cost < 10%"))  # fmt: skip
-        rt = r["round_trip_ms"]
-        rows.append((r["engine"], "round trip p50/p95/p99",
-                     f"{rt['p50']:.2f}/{rt['p95']:.2f}/{rt['p99']:.2f} ms", "", "",
-                     "p50 <= 1, p99 <= 3 ms"))  # fmt: skip
-        mem = r["idle_memory"]
-        sizes = f"{mem['largest_mb']}/{mem['total_mb']} MB"
-        rows.append((r["engine"], "idle worker RSS (largest/total)", sizes, "", "",
-                     "< 40 MB a process"))  # fmt: skip
+        if "enqueue_one" in r:
+            rows += _throughput_rows(r)
+        rows += _limit_and_workflow_rows(r)
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))
                      for row in rows)  # fmt: skip
+
+
+def _throughput_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    bare = r["ceiling"]
+    rows += [
+        _rate_row(r, "enqueue one by one", r["enqueue_one"], bare.get("enqueue_one"), 0.9),
+        _rate_row(r, "enqueue bulk", r["enqueue_bulk"], bare.get("enqueue_bulk"), 0.5),
+        _rate_row(
+            r, f"drain ({r['drain']['config']})", r["drain"]["best"],
+            bare.get("drain", {}).get("best"), 0.6,
+        ),
+    ]  # fmt: skip
+    if "events" in r:
+        ev = r["events"]
+        rows.append((r["engine"], f"drain with events on ({ev['config']})",
+                     f"{ev['on']:,.0f}/s", f"off: {ev['off']:,.0f}/s",
+                     f"cost {ev['cost_percent']:.1f}%", "cost < 10%"))  # fmt: skip
+    rt = r["round_trip_ms"]
+    rows.append((r["engine"], "round trip p50/p95/p99",
+                 f"{rt['p50']:.2f}/{rt['p95']:.2f}/{rt['p99']:.2f} ms", "", "",
+                 "p50 <= 1, p99 <= 3 ms"))  # fmt: skip
+    mem = r["idle_memory"]
+    sizes = f"{mem['largest_mb']}/{mem['total_mb']} MB"
+    rows.append((r["engine"], "idle worker RSS (largest/total)", sizes, "", "",
+                 "< 40 MB a process"))  # fmt: skip
+    return rows
+
+
+def _limit_and_workflow_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    if "workflows" in r:
+        w = r["workflows"]
+        for kind, what in (("chord", "tasks"), ("chain", "links")):
+            rows.append((r["engine"], f"{kind} of {w['size']:,} {what} ({w['config']})",
+                         f"{w[kind + '_s']:.2f} s", "", "", "completion time"))  # fmt: skip
+    if "rate_limit" in r:
+        rl = r["rate_limit"]
+        rows.append((r["engine"], f"rate limit {rl['limit']:g}/s, {rl['workers']} workers, "
+                     f"{rl['tasks']} tasks", f"{rl['measured']:.2f}/s",
+                     f"busiest 1 s: {rl['busiest_second']}", f"{rl['error_percent']:+.2f}%",
+                     "within 5%"))  # fmt: skip
+    return rows
 
 
 def _rate_row(
@@ -140,21 +184,29 @@ def main() -> int:
     parser.add_argument("--engines", default="sqlite,redis", help="comma-separated: sqlite,redis")
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--json", default=str(HERE.parent / ".bench" / "latest.json"))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated: {','.join(SCENARIOS)}")  # fmt: skip
     parser.add_argument("--peers", action="store_true",
                         help="also measure Celery, Huey, Dramatiq, taskiq")  # fmt: skip
     options = parser.parse_args()
+    chosen = tuple(name.strip() for name in options.scenarios.split(","))
+    if unknown := set(chosen) - set(SCENARIOS):
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from "
+                     f"{', '.join(SCENARIOS)}")  # fmt: skip
+    if options.peers and "throughput" not in chosen:
+        parser.error("--peers compares drain throughput: include the throughput scenario")
     results = []
     peers = None
     with tempfile.TemporaryDirectory(prefix="celeriac-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         for engine in options.engines.split(","):
             url = broker_url(engine.strip(), work, stack)
-            results.append(run_engine(url, engine.strip(), options.tasks, work))
+            results.append(run_engine(url, engine.strip(), options.tasks, work, chosen))
         if options.peers:
             peers = peers_driver.measure(results, options.tasks, work, stack)
     header = (f"celeriac benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
               f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-              f"{options.tasks:,} tasks")  # fmt: skip
+              f"{options.tasks:,} tasks, scenarios: {', '.join(chosen)}")  # fmt: skip
     print(header)
     print(table(results))
     if peers:

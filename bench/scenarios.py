@@ -109,3 +109,57 @@ def events_cost(
         on.append(drain(app, url, n, pool, concurrency, work, "-E"))
     best_off, best_on = max(off), max(on)
     return {"off": best_off, "on": best_on, "cost_percent": 100 * (1 - best_on / best_off)}
+
+
+def workflows(app: Celeriac, url: str, work: Path, size: int = 1000) -> dict[str, Any]:
+    """Seconds from sending to the final result: a chord of ``size`` tasks, a chain of ``size``
+    links, on one prefork worker of two processes."""
+    from celeriac import chain, chord
+
+    noop, add1, total = (app.tasks[f"benchtasks.{name}"] for name in ("noop", "add1", "total"))
+    app.broker.purge("celeriac")
+    worker = start_worker(url, "prefork", 2, work / "workflows.log")
+    try:
+        wait_ready(app, worker)
+        started = time.perf_counter()
+        body = chord(noop.s(i) for i in range(size))(total.s())
+        assert body.get(timeout=600) == sum(range(size))
+        chord_s = time.perf_counter() - started
+        started = time.perf_counter()
+        last = chain(add1.s(0), *(add1.s() for _ in range(size - 1))).apply_async()
+        assert last.get(timeout=600) == size
+        chain_s = time.perf_counter() - started
+    finally:
+        stop_worker(worker)
+    return {"size": size, "config": "prefork -c 2", "chord_s": chord_s, "chain_s": chain_s}
+
+
+def rate_limit(app: Celeriac, url: str, work: Path, n: int = 500) -> dict[str, Any]:
+    """How closely a cluster-wide rate limit holds with two worker processes (threads -c 4
+    each): the starts of ``n`` tasks limited to ``benchtasks.RATE`` per second."""
+    import benchtasks
+
+    limited = app.tasks["benchtasks.limited"]
+    app.broker.purge("celeriac")
+    workers = [
+        start_worker(url, "threads", 4, work / f"rate-{name}.log", "-n", f"{name}@%h")
+        for name in ("w1", "w2")
+    ]
+    try:
+        for worker in workers:
+            wait_ready(app, worker)
+        results = [limited.delay(i) for i in range(n)]
+        starts = [result.get(timeout=600) for result in results]
+    finally:
+        for worker in workers:
+            stop_worker(worker)
+    times = sorted(at for at, _ in starts)
+    measured = (n - 1) / (times[-1] - times[0])
+    busiest = max(sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times))
+    limit = float(benchtasks.RATE)
+    return {
+        "limit": limit, "tasks": n, "workers": 2, "measured": measured,
+        "error_percent": 100 * (measured / limit - 1), "busiest_second": busiest,
+        "per_worker": {host: sum(1 for _, h in starts if h == host)
+                       for host in sorted({h or "" for _, h in starts})},
+    }  # fmt: skip

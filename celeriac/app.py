@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 from celeriac import signals
 from celeriac.backend import ResultStore
 from celeriac.config import DEFAULT_BROKER_URL, Settings
-from celeriac.errors import ConfigurationError, NotRegistered
+from celeriac.errors import ConfigurationError, LimitError, NotRegistered
+from celeriac.limits import check_task_limits, check_unique, concurrency_key
 from celeriac.message import Message, encode
 from celeriac.routing import build_message_fields, route_queue
 from celeriac.task import TASK_OPTIONS, Task, current_request
@@ -182,6 +183,8 @@ class Celeriac:
         if existing is not None and getattr(existing, "__wrapped__", None) is fn:
             return existing
         task = base(self, fn, name, **options)
+        limits = ("rate_limit", "rate_limit_scope", "concurrency_key", "concurrency_limit")
+        check_task_limits({key: getattr(task, key) for key in limits}, name)  # base= classes too
         self.tasks[name] = task
         return task
 
@@ -266,6 +269,7 @@ class Celeriac:
         **options: Any,
     ) -> Message:
         """The message that ``send_task`` would publish, with routing and defaults applied."""
+        check_unique(options)  # unique=True needs a task_id, even in eager mode
         options["queue"] = route_queue(self, name, task, args, kwargs, options)
         fields = build_message_fields(self, task, options, current_request())
         return Message.new(name, tuple(args or ()), dict(kwargs or {}), **fields)
@@ -283,13 +287,22 @@ class Celeriac:
         from celeriac.result import AsyncResult
 
         _check_call_arguments(name, args, kwargs)
+        if task is not None and task.concurrency_key is not None:  # a bad key fails here
+            concurrency_key(task.concurrency_key, name, args or (), kwargs or {})
         message = self.build_message(name, args, kwargs, task=task, **options)
         serializer = options.get("serializer") or (task and task.serializer)
         body = encode(message, serializer or self.conf.task_serializer)
         signals.before_task_publish.send(sender=name, message=message, body=body)
-        self.broker.publish(
-            message.queue, body, due=message.due_timestamp(), priority=message.priority
-        )
+        due = message.due_timestamp()
+        if options.get("unique"):
+            _, published = self.broker.publish_unique(
+                message.queue, body, message.id, due=due, priority=message.priority
+            )
+            if not published:  # queued or running already: that one's result is this one's
+                logger.debug("Task %s[%s] is queued or running already", name, message.id)
+                return AsyncResult(message.id, self, name)
+        else:
+            self.broker.publish(message.queue, body, due=due, priority=message.priority)
         signals.after_task_publish.send(sender=name, message=message)
         if self.conf.task_send_sent_event:
             from celeriac.events import task_sent  # monitoring: task-sent
@@ -313,6 +326,8 @@ class Celeriac:
             task = target if isinstance(target, Task) else self.tasks.get(target)
             name = target.name if isinstance(target, Task) else target
             _check_call_arguments(name, args, kwargs)
+            if options.get("unique"):
+                raise LimitError("send_many does not publish unique tasks; use apply_async")
             message = self.build_message(name, args, kwargs, task=task, **options)
             serializer = options.get("serializer") or (task and task.serializer)
             prepared.append((message, encode(message, serializer or self.conf.task_serializer)))
@@ -387,6 +402,7 @@ def shared_task(*args: Any, **options: Any) -> Any:
     _check_task_options(options)
 
     def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+        check_task_limits(options, options.get("name") or f"{f.__module__}.{f.__qualname__}")
         _shared_tasks.append((f, options))
         for app in _apps:
             app._register(f, options)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import traceback as tb
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -146,16 +146,26 @@ class ResultStore:
         return self.decode(raw)
 
     def wait_ready(
-        self, task_id: str, timeout: float | None, interval: float = 0.5
+        self,
+        task_id: str,
+        timeout: float | None,
+        interval: float = 0.5,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any] | None:
-        """Block until the task is in a ready state; ``None`` after ``timeout``."""
+        """Block until the task is in a ready state; ``None`` after ``timeout``.
+
+        ``on_message`` is called with each stored meta seen that differs from the last one.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.001
+        last: bytes | None = None
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             raw = self.transport.wait(meta_key(task_id), left)
-            if raw is not None:
-                meta = self.decode(raw)
+            if raw is not None and raw != last:
+                last, meta = raw, self.decode(raw)
+                if on_message is not None:
+                    on_message(meta)
                 if meta.get("status") in states.READY_STATES:
                     return meta
             if deadline is not None and time.monotonic() >= deadline:

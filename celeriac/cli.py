@@ -116,6 +116,8 @@ def cmd_worker(app: Celeriac, args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         health_file=args.health_file,
         autoscale=args.autoscale,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
     )
     return worker.start()
 
@@ -155,7 +157,11 @@ def cmd_call(app: Celeriac, args: argparse.Namespace) -> int:
 
 
 def cmd_result(app: Celeriac, args: argparse.Namespace) -> int:
-    """Print a task's state and result."""
+    """Print a task's state and result (``--follow``: watch it finish, with a progress bar)."""
+    if args.follow:
+        from celeriac.monitor.follow import cmd_follow
+
+        return cmd_follow(app, args)
     result = app.AsyncResult(args.task_id)
     if args.wait is not None:
         result.get(timeout=args.wait, propagate=False)
@@ -222,6 +228,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
+    return value
+
+
 def _queues(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -278,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     result.add_argument("--traceback", action="store_true")
     result.add_argument("-v", "--verbose", action="store_true", help="show the state too")
     result.add_argument("--wait", type=_seconds, help="wait up to this many seconds")
+    result.add_argument("--follow", action="store_true",
+                        help="show progress until the task ends; exit 0 only if it succeeded")
     purge = _command(commands, "purge", cmd_purge, "delete waiting messages")
     purge.add_argument("-Q", "--queues", type=_queues)
     purge.add_argument("-f", "--force", action="store_true")
@@ -285,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     from celeriac.monitor.commands import add_commands
 
     add_commands(commands, _command)
+    from celeriac.dashboard.command import add_command as add_dashboard
+
+    add_dashboard(commands, _command)  # the web dashboard (its libraries load when it runs)
     return parser
 
 
@@ -314,6 +335,10 @@ def _worker_parser(commands: Any) -> None:
     worker.add_argument("--max-tasks-per-child", type=positive_int)
     worker.add_argument("--max-memory-per-child", type=positive_int, help="KiB")
     worker.add_argument("--prefetch-multiplier", type=_non_negative_int)
+    worker.add_argument("--metrics-port", type=_port, metavar="PORT",
+                        help="serve Prometheus metrics at :PORT/metrics (0: any free port)")
+    worker.add_argument("--metrics-address", default="0.0.0.0", metavar="ADDRESS",
+                        help="where the metrics listen (default 0.0.0.0: every interface)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -388,6 +388,10 @@ class _Table:
         "task_default_rate_limit", None,
         "Rate limit for tasks that set none: '10/s', '100/m', '1000/h' or tasks per second.",
         _rate_limit)
+    task_default_rate_limit_scope = Setting(
+        "task_default_rate_limit_scope", "cluster",
+        "Rate limits hold for all workers together ('cluster') or for each one ('worker').",
+        _choice("cluster", "worker"))
     task_annotations: Setting[Any] = Setting(
         "task_annotations", None, "Task attributes to override, by task name.", _annotations)
     task_publish_retry = Setting(
@@ -396,6 +400,10 @@ class _Table:
     task_send_sent_event = Setting(
         "task_send_sent_event", False, "Send a task-sent event when a task is published.",
         _boolean)
+    control_signing_key: Setting[str | None] = Setting(
+        "control_signing_key", None,
+        "Secret that signs remote control (HMAC-SHA256); workers then refuse unsigned commands.",
+        _optional(_text), env="CELERIAC_CONTROL_KEY")
     # -- worker
     worker_concurrency: Setting[int | None] = Setting(
         "worker_concurrency", None, "Pool processes or threads; None means the number of CPUs.",
@@ -601,7 +609,7 @@ class Settings(_Table, MutableMapping[str, Any]):
         for name, row in SETTINGS.items():
             value = self._read(row)
             if with_defaults or value != row.default:
-                rows.append((name, _censor(value) if censored else value, row.doc))
+                rows.append((name, _censor({name: value})[name] if censored else value, row.doc))
         return rows
 
     def humanize(self, *, with_defaults: bool = False, censored: bool = True) -> str:
@@ -717,7 +725,7 @@ def _is_plumbing(value: Any) -> bool:
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@;\s]*:)[^@;\s]+@")
-_SECRET_KEY = re.compile(r"pass|secret|token|signature|api_?key", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"pass|secret|token|signature|signing|api_?key", re.IGNORECASE)
 
 
 def _censor(value: Any) -> Any:

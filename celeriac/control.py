@@ -18,6 +18,9 @@ version get an error reply; the worker goes on. Replies come back to Python as C
 them: ``[{"w1@host": value}, ...]`` from ``broadcast``, ``{"w1@host": value}`` from inspect
 methods, with ``{"error": text}`` as the value of a worker that refused.
 
+With ``control_signing_key`` set, requests, replies and kept revocations carry an HMAC-SHA256
+``signature`` (``celeriac.signing``): workers refuse, and log, requests without a valid one.
+
 Revocations are also stored in the broker, so that a worker that is busy, or starts later,
 still refuses the task: a key ``celeriac-revoked-<task id>`` and an entry in the history
 ``celeriac-revoked`` (``celeriac.history``), both kept ``REVOKE_EXPIRES`` seconds.
@@ -37,6 +40,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from celeriac.history import History
+from celeriac.limits import RATE_LIMIT_KEY, parse_rate
+from celeriac.signing import sign, signature_problem
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -119,13 +124,14 @@ class Control:
         names = request["destination"]
         if limit is None and names is not None:
             limit = len(names)
-        body = json.dumps(request).encode()
+        key = self.app.conf.control_signing_key
+        body = json.dumps(sign(request, key) if key else request).encode()
         if not reply:
             self.app.broker.broadcast(TOPIC, body)
             return None
         with self.app.broker.listen([request["reply_to"]]) as subscription:
             self.app.broker.broadcast(TOPIC, body)
-            return _collect(subscription, request["id"], timeout, limit)
+            return _collect(subscription, request["id"], timeout, limit, key)
 
     def _request(
         self,
@@ -183,12 +189,16 @@ class Control:
         """
         ids = _task_ids(task_id)
         signum = signal_number(signal)
-        record = json.dumps({"ids": ids, "terminate": bool(terminate)}).encode()
+        record = json.dumps(self._signed({"ids": ids, "terminate": bool(terminate)})).encode()
         for one in ids:
             self.app.broker.put(REVOKED_KEY + one, record, REVOKE_EXPIRES)
         revoked_history(self.app).append(record)
         arguments = {"task_id": ids, "terminate": bool(terminate), "signal": signum}
         return self.broadcast("revoke", arguments, destination, reply, timeout)
+
+    def _signed(self, record: dict[str, Any]) -> dict[str, Any]:
+        key = self.app.conf.control_signing_key
+        return sign({**record, "sent": time.time()}, key) if key else record
 
     def terminate(
         self,
@@ -200,6 +210,48 @@ class Control:
     ) -> Replies | None:
         """Revoke and stop running tasks (``revoke(terminate=True)``)."""
         return self.revoke(task_id, destination, True, signal, reply, timeout)
+
+    def time_limit(
+        self, task_name: str, soft: float | None = None, hard: float | None = None,
+        destination: str | Iterable[str] | None = None, reply: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> Replies | None:  # fmt: skip
+        """Set a task's soft and hard time limits on workers, for the runs that start next.
+
+        As in Celery, both are set: a limit given as None falls back to the app's default
+        (``task_soft_time_limit`` / ``task_time_limit``).
+        """
+        if not isinstance(task_name, str) or not task_name:
+            raise ValueError(f"a task name is a non-empty string, not {task_name!r}")
+        arguments = {"task_name": task_name, "soft": _limit("soft", soft),
+                     "hard": _limit("hard", hard)}  # fmt: skip
+        if soft is not None and hard is not None and soft > hard:
+            raise ValueError(f"the soft limit ({soft:g} s) is longer than the hard ({hard:g} s)")
+        return self.broadcast("time_limit", arguments, destination, reply, timeout)
+
+    def rate_limit(
+        self, task_name: str, rate_limit: str | float | None,
+        destination: str | Iterable[str] | None = None, reply: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> Replies | None:  # fmt: skip
+        """Change a task's rate limit: ``'10/s'``, ``'100/m'``, ``'1000/h'``, tasks per second,
+        or 0 for none; None goes back to the task's own limit.
+
+        Without ``destination`` the new limit is stored in the broker (``RATE_LIMIT_KEY``),
+        so every worker honours it, those that start later too; workers read it again at
+        once when the command arrives. With ``destination``, only those workers change it,
+        for themselves (for tasks with ``rate_limit_scope="worker"``).
+        """
+        if not isinstance(task_name, str) or not task_name:
+            raise ValueError(f"a task name is a non-empty string, not {task_name!r}")
+        parse_rate(rate_limit)  # LimitError for a bad rate, before anything is stored or sent
+        stored = destination is None
+        if stored and rate_limit is None:
+            self.app.broker.delete(RATE_LIMIT_KEY + task_name)
+        elif stored:
+            self.app.broker.put(RATE_LIMIT_KEY + task_name, str(rate_limit).encode())
+        arguments = {"task_name": task_name, "rate_limit": rate_limit, "stored": stored}
+        return self.broadcast("rate_limit", arguments, destination, reply, timeout)
 
     def is_revoked(self, task_id: str) -> bool:
         """True if the task was revoked within the last ``REVOKE_EXPIRES`` seconds."""
@@ -300,7 +352,9 @@ class Inspect:
         return self._ask("revoked")
 
 
-def _collect(subscription: Any, request_id: str, timeout: float, limit: int | None) -> Replies:
+def _collect(
+    subscription: Any, request_id: str, timeout: float, limit: int | None, key: str | None = None
+) -> Replies:
     """Replies to one request until ``timeout``, or until ``limit`` of them came."""
     replies: Replies = []
     deadline = time.monotonic() + timeout
@@ -309,14 +363,14 @@ def _collect(subscription: Any, request_id: str, timeout: float, limit: int | No
         if left <= 0:
             break
         for _, body in subscription.get(left):
-            reply = _parse_reply(body, request_id)
+            reply = _parse_reply(body, request_id, key)
             if reply is not None:
                 replies.append(reply)
     return replies
 
 
-def _parse_reply(body: bytes, request_id: str) -> dict[str, Any] | None:
-    """``{hostname: value}`` from a reply body; a malformed reply becomes an error value."""
+def _parse_reply(body: bytes, request_id: str, key: str | None = None) -> dict[str, Any] | None:
+    """``{hostname: value}`` from a reply body; a malformed or unsigned reply: an error value."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -326,6 +380,9 @@ def _parse_reply(body: bytes, request_id: str) -> dict[str, Any] | None:
         return {"unknown": {"error": f"malformed reply: {body[:200]!r}"}}
     if data.get("id") != request_id:
         return None  # a reply to another request on the same topic
+    if key and (problem := signature_problem(data, key)) is not None:
+        logger.warning("refused a control reply from %s: %s", data["hostname"], problem)
+        return {data["hostname"]: {"error": f"reply refused: {problem}"}}
     if data.get("ok") is True:
         return {data["hostname"]: data.get("reply")}
     return {data["hostname"]: {"error": str(data.get("error", "the worker gave no reason"))}}
@@ -336,6 +393,16 @@ def _task_ids(task_id: str | Iterable[str]) -> list[str]:
     if not ids or not all(isinstance(one, str) and one for one in ids):
         raise ValueError(f"task ids must be non-empty strings, not {ids!r}")
     return ids
+
+
+def _limit(which: str, seconds: float | None) -> float | None:
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(f"the {which} limit must be a number of seconds, not {seconds!r}")
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"the {which} limit must be a positive number of seconds, not {seconds}")
+    return float(seconds)
 
 
 def _count(n: int) -> int:

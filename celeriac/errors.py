@@ -3,7 +3,8 @@
     CeleriacError
     ├── ConfigurationError        a setting or an app that cannot be used
     │   ├── UnknownSettingError   a setting name that does not exist (suggests the closest one)
-    │   └── ScheduleError         a periodic-task entry that cannot be scheduled (names the entry)
+    │   ├── ScheduleError         a periodic-task entry that cannot be scheduled (names the entry)
+    │   └── LimitError            a rate limit, concurrency limit or unique option that is wrong
     ├── TransportError            a broker URL or a broker that cannot be used
     │   └── MissingExtraError     an optional dependency is not installed
     ├── MessageError              bytes that are not a valid task message (has a reason code)
@@ -17,6 +18,7 @@
     ├── TimeLimitExceeded         recorded for a task stopped at its hard time limit
     ├── WorkerLostError           the process that ran a task died
     ├── ChordError                a chord's header task failed: the body does not run
+    ├── ConcurrencyKeyError       a task's concurrency_key function raised or gave no usable key
     ├── MaxRetriesExceededError   Task.retry() with no retries left and no exception to raise
     └── (control flow, raised by tasks, caught by the worker)
         ├── Retry                 self.retry(): run the task again later
@@ -48,6 +50,10 @@ class UnknownSettingError(ConfigurationError, KeyError):
 
 class ScheduleError(ConfigurationError):
     """Entries of the beat schedule that cannot run: each problem names its entry."""
+
+
+class LimitError(ConfigurationError, ValueError):
+    """A rate limit, concurrency limit or unique-task option that cannot be used."""
 
 
 class TransportError(CeleriacError):
@@ -157,6 +163,10 @@ class WorkerLostError(CeleriacError):
 
 class ChordError(CeleriacError):
     """A task in a chord's header failed, so the chord's body does not run."""
+
+
+class ConcurrencyKeyError(CeleriacError):
+    """A task's ``concurrency_key`` function raised, or returned something that is not a key."""
 
 
 class Retry(CeleriacError):

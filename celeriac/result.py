@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -129,11 +129,18 @@ class AsyncResult(Generic[R]):
         propagate: bool = True,
         interval: float = 0.5,
         disable_sync_subtasks: bool = True,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
     ) -> R:
-        """Wait for the task to finish and return its result (or raise its error)."""
+        """Wait for the task to finish and return its result (or raise its error).
+
+        ``on_message`` is called with the task's stored meta (``status``, ``result``, ...) each
+        time it is seen to change, the final state included: a progress bar's hook.
+        """
         if disable_sync_subtasks:
             _refuse_inside_task()
-        meta = self._meta or self.app.results.wait_ready(self.id, timeout, interval)
+        if self._meta is not None and on_message is not None:
+            on_message(self._meta)
+        meta = self._meta or self.app.results.wait_ready(self.id, timeout, interval, on_message)
         if meta is None:
             raise TimeoutError(f"task {self.id} did not finish within {timeout}s")
         self._meta = meta
@@ -208,8 +215,11 @@ class EagerResult(AsyncResult[R]):
         propagate: bool = True,
         interval: float = 0.5,
         disable_sync_subtasks: bool = True,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
     ) -> R:
         """The value the task returned; re-raises its exception when ``propagate``."""
+        if on_message is not None:
+            on_message(self._get_meta())
         value = self.result
         if propagate and self.state in states.PROPAGATE_STATES and isinstance(value, Exception):
             raise value
@@ -313,6 +323,28 @@ class GroupResult:
         for result in self.results:
             result.forget()
         self.delete()
+
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Ask workers not to run the group's tasks; with ``terminate``, stop those running.
+
+        One revoke request for every member (stored in the broker, as ``AsyncResult.revoke``
+        does); ``wait`` waits up to ``timeout`` seconds for the workers' replies.
+        ``connection`` is accepted for Celery compatibility and not used.
+        """
+        ids = [result.id for result in self.results]
+        if not ids:
+            return
+        self.app.control.revoke(
+            ids, terminate=terminate, signal=signal or "SIGTERM", reply=wait,
+            timeout=timeout or 1.0,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.results)

@@ -19,7 +19,7 @@ CALL_OPTIONS = frozenset({
     "ignore_result", "serializer", "time_limit", "soft_time_limit", "link", "link_error",
     "root_id", "parent_id", "group_id", "group_index", "shadow", "retries", "reply_to",
     "exchange", "retry", "retry_policy", "add_to_parent", "compression", "throw", "chain",
-    "chord",
+    "chord", "unique",
 })  # fmt: skip
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]{1,200}$")

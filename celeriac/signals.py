@@ -66,6 +66,9 @@ task_failure = Signal("task_failure", "A task raised.")
 task_retry = Signal("task_retry", "A task will be retried.")
 task_revoked = Signal("task_revoked", "A task was revoked or expired.")
 task_rejected = Signal("task_rejected", "A message was dead-lettered by a worker.")
+task_unknown = Signal(
+    "task_unknown", "A worker received a message for a task it does not know (dead-lettered)."
+)
 import_modules = Signal("import_modules", "The app imported its task modules.")
 worker_init = Signal("worker_init", "A worker is starting.")
 worker_process_init = Signal("worker_process_init", "A pool process started.")

@@ -141,6 +141,7 @@ TASK_OPTIONS = (
     "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "acks_late",
     "ignore_result", "time_limit", "soft_time_limit", "queue", "priority", "expires",
     "track_started", "serializer", "rate_limit", "typing", "shared", "store_errors_even_if_ignored",
+    "rate_limit_scope", "concurrency_key", "concurrency_limit",
 )  # fmt: skip
 
 
@@ -168,7 +169,12 @@ class Task(Generic[P, R]):
     expires: float | datetime | None = None
     track_started: bool | None = None
     serializer: str | None = None
-    rate_limit: str | None = None
+    rate_limit: str | float | None = None
+    #: "cluster" (every worker together) or "worker"; None: task_default_rate_limit_scope
+    rate_limit_scope: str | None = None
+    #: at most ``concurrency_limit`` runs at once per value of ``concurrency_key(*args, **kw)``
+    concurrency_key: Callable[..., Any] | None = None
+    concurrency_limit: int | None = None
     typing: bool = True
 
     def __init__(self, app: Celeriac, fn: Callable[..., Any], name: str, **options: Any) -> None:

@@ -18,8 +18,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-#: Environment variables that would redirect an app away from the broker a test chose.
-CELERIAC_ENV = ("CELERIAC_BROKER_URL", "CELERIAC_RESULT_BACKEND")
+#: Environment variables that would redirect an app away from the broker a test chose (or
+#: give it a control key the test did not).
+CELERIAC_ENV = ("CELERIAC_BROKER_URL", "CELERIAC_RESULT_BACKEND", "CELERIAC_CONTROL_KEY")
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, message: str = "condition") -> T:

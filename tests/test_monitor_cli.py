@@ -328,5 +328,11 @@ def test_dlq_list_show_redrive(project: Project, client: Celeriac) -> None:
     client.broker.purge("dlqtest")
 
 
-def test_dlq_purge_needs_the_broker_to_support_it(project: Project) -> None:
-    failed(project.cli("dlq", "purge", "-f"), 1, "cannot delete dead letters yet")
+def test_dlq_purge(project: Project, client: Celeriac) -> None:
+    for body in (b"one", b"two"):
+        dead_letter(client, "dlqtest", body)
+    failed(project.cli("dlq", "purge"), 2, "pass -f/--force")  # no terminal to ask on
+    assert client.broker.dead_letter_count() == 2
+    ok(project.cli("dlq", "purge", "-f"), "Purged 2 dead letter(s).")
+    ok(project.cli("dlq", "list"), "The dead-letter queue is empty.")
+    ok(project.cli("dlq", "purge", "-f"), "Purged 0 dead letter(s).")

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from celeriac.cli import UsageError
 from celeriac.cli import positive_int as count_type
 from celeriac.control import DEFAULT_TIMEOUT, Replies, signal_number
+from celeriac.errors import LimitError
+from celeriac.limits import parse_rate
 from celeriac.monitor.queues import cmd_dlq, cmd_queues
 from celeriac.monitor.screen import cmd_events
 from celeriac.monitor.text import ago, flat, indent, short, table
@@ -63,6 +65,16 @@ def signal_type(text: str) -> str:
         signal_number(text)
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def rate_type(text: str) -> str:
+    """A rate limit ('10/s', '100/m', '1000/h', tasks per second), or 'default'."""
+    if text != "default":
+        try:
+            parse_rate(text)
+        except LimitError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -121,6 +133,15 @@ def _control_parser(control: argparse.ArgumentParser) -> None:
     terminate = action("terminate", "revoke these tasks and stop them where they run")
     terminate.add_argument("task_ids", nargs="+", metavar="TASK_ID")
     terminate.add_argument("-s", "--signal", type=signal_type, default="SIGKILL")
+    limits = action("time_limit", "set a task's time limits (a limit left out: the app's)")
+    limits.add_argument("task_name", metavar="TASK")
+    limits.add_argument("--soft", type=timeout_type, help="seconds: SoftTimeLimitExceeded")
+    limits.add_argument("--hard", type=timeout_type, help="seconds: the task is stopped")
+    rate = action("rate_limit", "change a task's rate limit (for every worker without -d)")
+    rate.add_argument("task_name", metavar="TASK")
+    rate.add_argument("rate", metavar="RATE", type=rate_type,
+                      help="'10/s', '100/m', '1000/h' or tasks per second; 0: no limit; "
+                           "'default': back to the task's own")  # fmt: skip
     custom = action("broadcast", "send any command by name")
     custom.add_argument("name")
     custom.add_argument("-a", "--arguments", help="the command's arguments, a JSON object")
@@ -167,6 +188,8 @@ def cmd_control(app: Celeriac, args: argparse.Namespace) -> int:
                   "later refuse them too. No worker replied in time.")  # fmt: skip
             return 0
         return _print_replies(replies or [], args, _format_ok)
+    if args.action == "rate_limit":
+        return _rate_limit(app, args, target)
     if args.action == "broadcast":
         name, arguments = args.name, _json_object(args.arguments, "--arguments")
     else:
@@ -176,11 +199,26 @@ def cmd_control(app: Celeriac, args: argparse.Namespace) -> int:
     return _print_replies(replies or [], args, fmt)
 
 
+def _rate_limit(app: Celeriac, args: argparse.Namespace, target: dict[str, Any]) -> int:
+    """``control rate_limit TASK RATE``: stored in the broker unless workers are named."""
+    rate = None if args.rate == "default" else args.rate
+    replies = app.control.rate_limit(args.task_name, rate, **target)
+    if not replies and not args.json and args.destination is None:
+        print(f"Rate limit of {args.task_name} stored in the broker: every worker honours it, "
+              "those started later too. No worker replied in time.")  # fmt: skip
+        return 0
+    return _print_replies(replies or [], args, _format_ok)
+
+
 def _control_arguments(args: argparse.Namespace) -> dict[str, Any]:
     if args.action in ("pool_grow", "pool_shrink"):
         return {"n": args.n}
     if args.action in ("add_consumer", "cancel_consumer"):
         return {"queue": args.queue}
+    if args.action == "time_limit":
+        if args.soft is not None and args.hard is not None and args.soft > args.hard:
+            raise UsageError(f"--soft ({args.soft:g}) is longer than --hard ({args.hard:g})")
+        return {"task_name": args.task_name, "soft": args.soft, "hard": args.hard}
     return {}
 
 
@@ -199,11 +237,17 @@ def _json_object(text: str | None, flag: str) -> dict[str, Any]:
 def cmd_status(app: Celeriac, args: argparse.Namespace) -> int:
     """List the workers that answer a ping."""
     replies = app.control.ping(args.destination, timeout=args.timeout)
-    names = sorted(name for reply in replies for name in reply)
+    answers = {name: value for reply in replies for name, value in reply.items()}
+    refused = {n: v["error"] for n, v in answers.items() if isinstance(v, dict) and "error" in v}
+    names = sorted(name for name in answers if name not in refused)
     if args.json:
         print(json.dumps(names))
     for name in [] if args.json else names:
         print(f"{name}: OK")
+    for name, error in sorted(refused.items()):  # e.g. a ping refused for its signature
+        print(f"Error: {name}: {error}", file=sys.stderr)
+    if refused:
+        return 1
     if not names:
         return _no_reply(args)
     if not args.json:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac.cli import UsageError
 from celeriac.errors import MessageError
 from celeriac.message import decode
-from celeriac.monitor.text import clock, table
+from celeriac.monitor.text import clock, flat, table
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -27,8 +27,7 @@ def cmd_queues(app: Celeriac, args: argparse.Namespace) -> int:
     names = sorted({app.conf.task_default_queue, *_routed_queues(app.conf.task_routes),
                     *consumers})  # fmt: skip
     sizes = {name: app.broker.size(name) for name in names}
-    dead = len(app.broker.dead_letters(limit=DLQ_COUNT_LIMIT))
-    dead_text = f"{dead}+" if dead >= DLQ_COUNT_LIMIT else str(dead)
+    dead = app.broker.dead_letter_count()
     if args.json:
         listing = {n: {"messages": sizes[n], "workers": consumers.get(n, [])} for n in names}
         print(json.dumps({"queues": listing, "dead_letters": dead}, indent=2, sort_keys=True))
@@ -36,7 +35,7 @@ def cmd_queues(app: Celeriac, args: argparse.Namespace) -> int:
     rows: list[tuple[str, Any, str]] = [
         (n, sizes[n], ", ".join(consumers.get(n, [])) or "-") for n in names
     ]
-    rows.append(("(dead letters)", dead_text, "-"))
+    rows.append(("(dead letters)", dead, "-"))
     print(table(("QUEUE", "MESSAGES", "WORKERS"), rows))
     return 0
 
@@ -133,8 +132,9 @@ def _dlq_show(app: Celeriac, args: argparse.Namespace) -> int:
         print(f"{key}: {clock(value) if key == 'dead_at' else value}")
     print("history:")
     for entry in history:
+        detail = f": {flat(entry['detail'])}" if entry.get("detail") else ""
         print(f"  {clock(entry.get('at'))} {entry.get('event')} ({entry.get('reason')}), "
-              f"delivery {entry.get('deliveries')}")  # fmt: skip
+              f"delivery {entry.get('deliveries')}{detail}")  # fmt: skip
     return 0
 
 
@@ -161,16 +161,11 @@ def _dlq_redrive(app: Celeriac, args: argparse.Namespace) -> int:
 
 
 def _dlq_purge(app: Celeriac, args: argparse.Namespace) -> int:
-    purge = getattr(app.broker, "purge_dead_letters", None)
-    if not callable(purge):
-        print(f"Error: the {type(app.broker).__name__} cannot delete dead letters yet",
-              file=sys.stderr)  # fmt: skip
-        return 1
     if not args.force:
         if not sys.stdin.isatty():
             raise UsageError("dlq purge asks for confirmation; pass -f/--force to skip it")
         if input("Delete every dead letter? [y/N] ").strip().lower() not in ("y", "yes"):
             print("Nothing purged.")
             return 1
-    print(f"Purged {purge()} dead letter(s).")
+    print(f"Purged {app.broker.purge_dead_letters()} dead letter(s).")
     return 0

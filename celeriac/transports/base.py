@@ -18,12 +18,16 @@ Queues with leases
       count reset (a task-level retry is a successful delivery);
     - ``dead_letter``: moved to the dead-letter queue with a reason code.
 
+    ``release`` with a reason and ``dead_letter`` take an optional ``detail``, a JSON-able dict
+    kept in the message's history (a dead pool process's exit code or signal and pids).
+
     Every one of these is conditional on still holding the lease and returns ``False`` when the
     lease was lost (expired and taken by another worker, or already ended). ``extend`` renews
     leases and returns the deliveries still held. A lease that runs out makes the message
     deliverable again; a message whose delivery count has reached ``max_deliveries`` when its
     lease runs out (or is released with a reason) goes to the dead-letter queue instead, with
-    its history.
+    its history. ``dead_letters`` lists the dead-letter queue, ``dead_letter_count`` counts it,
+    ``redrive`` puts one back and ``purge_dead_letters`` empties it.
 
 Keys
     ``put`` (with an optional time to live), ``get``, ``delete``, ``incr`` and ``wait``, which
@@ -33,12 +37,36 @@ Topics
     ``broadcast`` appends to a topic; ``listen`` returns a subscription that yields what is
     broadcast after it was opened (events, remote control).
 
+Limits
+    Shared state for rate limits, concurrency limits and unique tasks, each read and changed in
+    one atomic step, so that a limit holds for every worker of the cluster together:
+
+    - ``throttle(key, interval, claim)``: one turn every ``interval`` seconds per key. Returns
+      None when the caller may go now; else the broker time of the turn it reserved for
+      ``claim`` (a message id). Asked again at or after that time with the same claim, it
+      returns None and uses the turn. An interval other than the one the key was last used
+      with starts the key over (reserved turns are dropped, no turn comes early); turns not
+      used within ``TURN_GRACE`` seconds of their time are dropped.
+    - ``acquire_slot(key, holder, limit, ttl)``: one of ``limit`` slots of ``key`` for
+      ``holder`` (a lease token), for ``ttl`` seconds. None when held (taken, or renewed if
+      already held); else the broker time at which the soonest slot runs out unless renewed.
+      ``renew_slots`` renews; ``release_slots`` frees, and makes the longest-waiting message
+      deferred on each key (below) deliverable at once.
+    - ``defer(delivery, due, waiting_on=None)``: give a delivery back unstarted, deliverable
+      again at ``due``, without counting the delivery; with ``waiting_on`` (a slot key) it
+      also waits for a slot of that key to be released, whichever comes first.
+    - ``publish_unique(queue, body, key)``: publish unless a message published with ``key``
+      is still ready, delayed or leased; returns ``(message id, published)``, the id being
+      that earlier message's when nothing was published. The key is free again once that
+      message is acknowledged, dead-lettered or purged.
+
 Transports open their connections on first use, once per process, and again after a fork.
 """
 
 from __future__ import annotations
 
 import abc
+import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -49,9 +77,13 @@ MAX_PRIORITY = 9
 DEFAULT_LEASE = 30.0
 DEFAULT_MAX_DELIVERIES = 3
 DEAD_LETTER_QUEUE = "celeriac.dead"
+#: Seconds after its time that a reserved turn of ``throttle`` is kept for its claim.
+TURN_GRACE = 300.0
 
 #: ``(key, value, ttl)``: a key to write, as ``Transport.put`` takes it.
 KeyWrite = tuple[str, bytes, float | None]
+#: What a failed delivery or a dead letter records beside its reason (JSON-able).
+Detail = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +195,13 @@ class Transport(abc.ABC):
         return done
 
     @abc.abstractmethod
-    def release(self, delivery: Delivery, reason: str | None = None) -> bool:
-        """Give a delivery back; with ``reason`` it counts as a failed delivery."""
+    def release(
+        self, delivery: Delivery, reason: str | None = None, detail: Detail | None = None
+    ) -> bool:
+        """Give a delivery back; with ``reason`` it counts as a failed delivery.
+
+        ``detail`` (only with a reason) is kept in the history entry of that failed delivery.
+        """
 
     @abc.abstractmethod
     def retry(self, delivery: Delivery, due: float | None, body: bytes | None = None) -> bool:
@@ -175,8 +212,8 @@ class Transport(abc.ABC):
         """Renew leases for ``lease`` seconds from now; return those still held."""
 
     @abc.abstractmethod
-    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
-        """Move a delivered message to the dead-letter queue."""
+    def dead_letter(self, delivery: Delivery, reason: str, detail: Detail | None = None) -> bool:
+        """Move a delivered message to the dead-letter queue; ``detail`` goes in its history."""
 
     @abc.abstractmethod
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
@@ -185,6 +222,14 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def redrive(self, message_id: str) -> bool:
         """Put a dead letter back on its queue with a fresh delivery count."""
+
+    @abc.abstractmethod
+    def dead_letter_count(self) -> int:
+        """How many messages the dead-letter queue holds."""
+
+    @abc.abstractmethod
+    def purge_dead_letters(self) -> int:
+        """Delete every dead letter; return how many."""
 
     @abc.abstractmethod
     def size(self, queue: str) -> int:
@@ -237,6 +282,34 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def listen(self, topics: Sequence[str]) -> Subscription:
         """Subscribe to ``topics`` from now on."""
+
+    # -- limits ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def publish_unique(
+        self, queue: str, body: bytes, key: str, *, due: float | None = None, priority: int = 0
+    ) -> tuple[str, bool]:
+        """Publish unless a live message holds ``key``: ``(message id, published)``."""
+
+    @abc.abstractmethod
+    def defer(self, delivery: Delivery, due: float, waiting_on: str | None = None) -> bool:
+        """Give a delivery back unstarted until ``due`` (or a slot of ``waiting_on`` frees)."""
+
+    @abc.abstractmethod
+    def throttle(self, key: str, interval: float, claim: str) -> float | None:
+        """None: go now; else the broker time of the turn reserved for ``claim``."""
+
+    @abc.abstractmethod
+    def acquire_slot(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+        """None: ``holder`` holds a slot of ``key``; else when the soonest slot runs out."""
+
+    @abc.abstractmethod
+    def renew_slots(self, slots: Sequence[tuple[str, str]], ttl: float) -> list[bool]:
+        """Renew ``(key, holder)`` slots for ``ttl`` seconds; whether each was still held."""
+
+    @abc.abstractmethod
+    def release_slots(self, slots: Sequence[tuple[str, str]]) -> None:
+        """Free ``(key, holder)`` slots; wake one message waiting on each key."""
 
     # -- life -----------------------------------------------------------------------------
 
@@ -317,6 +390,18 @@ def check_key(key: str, value: bytes, ttl: float | None) -> None:
         raise ValueError(f"ttl must be a positive number of seconds, not {ttl}")
 
 
+def check_detail(detail: Detail | None) -> str | None:
+    """The detail of a failed delivery as JSON text (None without one); refuse what is not."""
+    if detail is None:
+        return None
+    if not isinstance(detail, dict):
+        raise TypeError(f"detail must be a dict, not {type(detail).__name__}")
+    try:
+        return json.dumps(detail, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"detail must be JSON-able: {exc}") from None
+
+
 def check_topic(topic: str, body: bytes) -> None:
     """Validate the arguments of ``broadcast``."""
     check_name("topic", topic)
@@ -347,3 +432,24 @@ def check_name(what: str, name: str) -> None:
         raise TypeError(f"{what} must be a str, not {type(name).__name__}")
     if not name:
         raise ValueError(f"{what} must not be empty")
+
+
+def check_throttle(key: str, interval: float, claim: str) -> None:
+    """Validate the arguments of ``throttle``."""
+    check_name("key", key)
+    check_name("claim", claim)
+    if isinstance(interval, bool) or not isinstance(interval, int | float):
+        raise TypeError(f"interval must be a number of seconds, not {type(interval).__name__}")
+    if not 0 < interval < math.inf:
+        raise ValueError(f"interval must be a positive number of seconds, not {interval}")
+
+
+def check_slot(key: str, holder: str, limit: int, ttl: float) -> None:
+    """Validate the arguments of ``acquire_slot``."""
+    check_name("key", key)
+    check_name("holder", holder)
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    check_lease(ttl)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import threading
 import time
 import uuid
@@ -27,18 +28,24 @@ from celeriac.transports.base import (
     DEFAULT_LEASE,
     DeadLetter,
     Delivery,
+    Detail,
     KeyWrite,
     Subscription,
     Transport,
     check_bytes,
+    check_detail,
     check_due,
     check_fetch,
     check_key,
     check_lease,
     check_message,
+    check_name,
+    check_slot,
+    check_throttle,
     check_topic,
     check_topics,
 )
+from celeriac.transports.memory_limits import Limits
 
 __all__ = ["MemoryTransport"]
 
@@ -93,6 +100,7 @@ class _Broker:
         self.keys: dict[str, tuple[bytes, float | None]] = {}
         self.keys_swept = 0.0
         self.subscriptions: set[_MemorySubscription] = set()
+        self.limits = Limits()  # rate turns, concurrency slots, unique keys
 
     # -- message states (callers hold ``cond``) ---------------------------------------------
 
@@ -320,8 +328,11 @@ class MemoryTransport(Transport):
             broker.cond.notify_all()
         return done
 
-    def release(self, delivery: Delivery, reason: str | None = None) -> bool:
+    def release(
+        self, delivery: Delivery, reason: str | None = None, detail: Detail | None = None
+    ) -> bool:
         """Give a delivery back; with ``reason`` it counts as a failed delivery."""
+        detail_json = check_detail(detail)
         broker = self._broker
         with broker.cond:
             message = broker.held(delivery)
@@ -331,7 +342,7 @@ class MemoryTransport(Transport):
                 message.deliveries -= 1
                 broker.make_ready(message)
             else:
-                event = _event("released", message, reason)
+                event = _event("released", message, reason, detail_json)
                 broker.fail(message, event, self.max_deliveries)
             return True
 
@@ -368,14 +379,15 @@ class MemoryTransport(Transport):
                     held.append(delivery)
         return held
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+    def dead_letter(self, delivery: Delivery, reason: str, detail: Detail | None = None) -> bool:
         """Move a delivered message to the dead-letter queue."""
+        detail_json = check_detail(detail)
         broker = self._broker
         with broker.cond:
             message = broker.held(delivery)
             if message is None:
                 return False
-            event = _event("dead_lettered", message, reason)
+            event = _event("dead_lettered", message, reason, detail_json)
             message.history.append(event)
             broker.make_dead(message, reason, event["at"])
             return True
@@ -407,6 +419,18 @@ class MemoryTransport(Transport):
             broker.messages[message.id] = message
             broker.make_ready(message)
             return True
+
+    def dead_letter_count(self) -> int:
+        """How many messages the dead-letter queue holds."""
+        with self._broker.cond:
+            return len(self._broker.dead)
+
+    def purge_dead_letters(self) -> int:
+        """Delete every dead letter; return how many."""
+        with self._broker.cond:
+            count = len(self._broker.dead)
+            self._broker.dead.clear()
+            return count
 
     def size(self, queue: str) -> int:
         """Messages on ``queue`` that are not acknowledged (ready, delayed or leased)."""
@@ -497,6 +521,74 @@ class MemoryTransport(Transport):
         return subscription
 
 
+    # -- limits ---------------------------------------------------------------------------------
+
+    def publish_unique(
+        self, queue: str, body: bytes, key: str, *, due: float | None = None, priority: int = 0
+    ) -> tuple[str, bool]:
+        """Publish unless a live message holds ``key``: ``(message id, published)``."""
+        check_name("key", key)
+        broker = self._broker
+        with broker.cond:
+            holder = broker.limits.unique_holder(key, broker.messages)
+            if holder is not None:
+                return str(holder.id), False
+            [message_id] = self.publish_many([(queue, body, due, priority)])
+            uniques = broker.limits.uniques
+            uniques[key] = broker.messages[int(message_id)]
+            if len(uniques) > 2 * len(broker.messages) + 1000:
+                broker.limits.sweep_uniques(broker.messages)
+            return message_id, True
+
+    def defer(self, delivery: Delivery, due: float, waiting_on: str | None = None) -> bool:
+        """Give a delivery back unstarted until ``due`` (or a slot of ``waiting_on`` frees)."""
+        check_due(due)
+        if waiting_on is not None:
+            check_name("waiting_on", waiting_on)
+        broker = self._broker
+        with broker.cond:
+            message = broker.held(delivery)
+            if message is None:
+                return False
+            message.deliveries -= 1
+            message.due = due
+            if waiting_on is not None:
+                broker.limits.wait(waiting_on, message.id)
+            broker.schedule(message, time.time())
+            return True
+
+    def throttle(self, key: str, interval: float, claim: str) -> float | None:
+        """None: go now; else the broker time of the turn reserved for ``claim``."""
+        check_throttle(key, interval, claim)
+        with self._broker.cond:
+            return self._broker.limits.throttle(key, float(interval), claim, time.time())
+
+    def acquire_slot(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+        """None: ``holder`` holds a slot of ``key``; else when the soonest slot runs out."""
+        check_slot(key, holder, limit, ttl)
+        with self._broker.cond:
+            return self._broker.limits.acquire(key, holder, limit, ttl, time.time())
+
+    def renew_slots(self, slots: Sequence[tuple[str, str]], ttl: float) -> list[bool]:
+        """Renew ``(key, holder)`` slots for ``ttl`` seconds; whether each was still held."""
+        check_lease(ttl)
+        with self._broker.cond:
+            now = time.time()
+            return [self._broker.limits.renew(key, holder, ttl, now) for key, holder in slots]
+
+    def release_slots(self, slots: Sequence[tuple[str, str]]) -> None:
+        """Free ``(key, holder)`` slots; wake one message waiting on each key."""
+        broker = self._broker
+        with broker.cond:
+            for key, holder in slots:
+                for message_id in broker.limits.release(key, holder):
+                    message = broker.messages.get(message_id)
+                    if message is not None and message.where == "delayed":
+                        broker.make_ready(message)  # it keeps its place until it runs
+                        break
+                    broker.limits.stop_waiting(key, message_id)
+
+
 class _MemorySubscription(Subscription):
     """A listener's buffer, filled by ``broadcast`` and drained by ``get``."""
 
@@ -529,9 +621,14 @@ class _MemorySubscription(Subscription):
 # -- argument checks, the same for every engine (sqlite.py uses them too) -------------------------
 
 
-def _event(name: str, message: _Message, reason: str) -> dict[str, Any]:
-    """One entry of a message's history."""
-    return {"at": time.time(), "event": name, "reason": reason, "deliveries": message.deliveries}
+def _event(
+    name: str, message: _Message, reason: str, detail_json: str | None = None
+) -> dict[str, Any]:
+    """One entry of a message's history; the detail is stored as the other engines store it."""
+    event = {"at": time.time(), "event": name, "reason": reason, "deliveries": message.deliveries}
+    if detail_json is not None:
+        event["detail"] = json.loads(detail_json)
+    return event
 
 
 def _as_int(key: str, value: bytes) -> int:

@@ -11,13 +11,16 @@ carry the hash tag ``{queue}``, so that under Redis Cluster they share one slot:
     P{q}:delayed   zset   id -> due time, ms since the epoch
     P{q}:leased    zset   id -> lease expiry, ms since the epoch (the Redis server's clock)
     P{q}:m:<id>    hash   body, priority, deliveries, lease (the holder's token, while leased),
-                          history (JSON list of failed deliveries, once there is one)
+                          history (JSON list of failed deliveries, once there is one),
+                          unique (the P unique:<k> key it holds, if published unique)
     P{q}:wake      list   at most one token, pushed when work may be ready; idle fetchers BLPOP it
     P ids          string the message id counter (ids are global, so publish order is too)
     P dead         zset   id -> dead_at, seconds: the dead-letter queue, newest last
     P dead:<id>    hash   a dead letter: the message hash plus queue, reason and dead_at
     P key:<k>      string a key of ``put``/``incr``; a write also publishes on channel P key:<k>
     (channel)             P topic:<t>, for ``broadcast``/``listen`` (plain pub/sub)
+    P limit:*, P slots:*, P unique:*   rate turns, concurrency slots, unique keys: see
+                          ``redis_limits.py``, which holds their scripts too
 
 Every state change of a message is one Lua script, conditional on the lease token where the
 contract says so. ``fetch`` runs one script that moves due delayed messages to ready, takes back
@@ -55,21 +58,27 @@ from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from celeriac.errors import MissingExtraError, TransportError
+from celeriac.transports import redis_limits
 from celeriac.transports import redis_scripts as scripts
 from celeriac.transports.base import (
     DEFAULT_LEASE,
+    TURN_GRACE,
     DeadLetter,
     Delivery,
+    Detail,
     KeyWrite,
     Subscription,
     Transport,
     check_bytes,
+    check_detail,
     check_due,
     check_fetch,
     check_key,
     check_lease,
     check_message,
     check_name,
+    check_slot,
+    check_throttle,
     check_topic,
     check_topics,
 )
@@ -99,6 +108,8 @@ PUBLISH_CHUNK = 1000
 TIMER_BATCH = 1000
 #: Messages deleted per purge script call, so that purging a huge queue never stalls Redis.
 PURGE_BATCH = 5000
+#: Waiting messages looked at per released slot, to find one that still waits.
+WAKE_SCAN = 100
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -119,7 +130,15 @@ class _Scripts:
         self.dead_letter = load(scripts.DEAD_LETTER)
         self.redrive = load(scripts.REDRIVE)
         self.purge = load(scripts.PURGE)
+        self.purge_dead = load(scripts.PURGE_DEAD)
         self.incr = load(scripts.INCR)
+        # limits (redis_limits.py)
+        self.publish_unique = load(redis_limits.PUBLISH_UNIQUE)
+        self.defer = load(redis_limits.DEFER)
+        self.throttle = load(redis_limits.THROTTLE)
+        self.acquire_slot = load(redis_limits.ACQUIRE_SLOT)
+        self.renew_slots = load(redis_limits.RENEW_SLOTS)
+        self.release_slots = load(redis_limits.RELEASE_SLOTS)
 
 
 # -- the transport --------------------------------------------------------------------------------
@@ -430,13 +449,16 @@ class RedisTransport(Transport):
         return [bool(done) for done in self._script().complete(keys, args)]
 
     @_translated
-    def release(self, delivery: Delivery, reason: str | None = None) -> bool:
+    def release(
+        self, delivery: Delivery, reason: str | None = None, detail: Detail | None = None
+    ) -> bool:
         """Give a delivery back; with ``reason`` it counts as a failed delivery."""
+        detail_json = check_detail(detail)
         base = self._base(delivery.queue)
         keys = [base + "leased", base + "ready", base + "wake", base + "m:" + delivery.message_id]
         args: list[Any] = [delivery.message_id, delivery.lease]
         args += ["0" if reason is None else "1", reason or ""]
-        args += [self.max_deliveries, delivery.queue, self.prefix + "dead:"]
+        args += [self.max_deliveries, delivery.queue, self.prefix + "dead:", detail_json or ""]
         return bool(self._script().release([*keys, self.prefix + "dead"], args))
 
     @_translated
@@ -468,12 +490,13 @@ class RedisTransport(Transport):
         return [delivery for delivery, ok in zip(deliveries, held, strict=True) if ok]
 
     @_translated
-    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+    def dead_letter(self, delivery: Delivery, reason: str, detail: Detail | None = None) -> bool:
         """Move a delivered message to the dead-letter queue."""
+        detail_json = check_detail(detail)
         base = self._base(delivery.queue)
         keys = [base + "leased", base + "m:" + delivery.message_id, self.prefix + "dead"]
         args = [delivery.message_id, delivery.lease, reason, delivery.queue, self.prefix + "dead:"]
-        return bool(self._script().dead_letter(keys, args))
+        return bool(self._script().dead_letter(keys, [*args, detail_json or ""]))
 
     @_translated
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
@@ -515,6 +538,21 @@ class RedisTransport(Transport):
         keys = [self.prefix + "dead", letter, base + "ready", base + "wake"]
         keys.append(base + "m:" + message_id)
         return bool(self._script().redrive(keys, [message_id]))
+
+    @_translated
+    def dead_letter_count(self) -> int:
+        """How many messages the dead-letter queue holds."""
+        return int(self._client().zcard(self.prefix + "dead"))
+
+    @_translated
+    def purge_dead_letters(self) -> int:
+        """Delete every dead letter, ``PURGE_BATCH`` per script call; return how many."""
+        keys: list[Any] = [self.prefix + "dead"]
+        args: list[Any] = [self.prefix + "dead:", PURGE_BATCH]
+        total = 0
+        while removed := int(self._script().purge_dead(keys, args)):
+            total += removed
+        return total
 
     @_translated
     def size(self, queue: str) -> int:
@@ -619,6 +657,80 @@ class RedisTransport(Transport):
         return _RedisSubscription(self, pubsub, names)
 
 
+    # -- limits (the scripts and their keys: redis_limits.py) -----------------------------------
+
+    @_translated
+    def publish_unique(
+        self, queue: str, body: bytes, key: str, *, due: float | None = None, priority: int = 0
+    ) -> tuple[str, bool]:
+        """Publish unless a live message holds ``key``: ``(message id, published)``."""
+        check_message(queue, body, due, priority)
+        check_name("key", key)
+        base = self._base(queue)
+        keys = [self.prefix + "ids", base + "ready", base + "delayed", base + "wake"]
+        args: list[Any] = [base, body, priority, "" if due is None else repr(due * 1000)]
+        message_id, published = self._script().publish_unique(
+            [*keys, self.prefix + "unique:" + key], args
+        )
+        return _text(message_id), bool(published)
+
+    @_translated
+    def defer(self, delivery: Delivery, due: float, waiting_on: str | None = None) -> bool:
+        """Give a delivery back unstarted until ``due`` (or a slot of ``waiting_on`` frees)."""
+        check_due(due)
+        base = self._base(delivery.queue)
+        keys = [base + "leased", base + "ready", base + "delayed", base + "wake"]
+        keys.append(base + "m:" + delivery.message_id)
+        args: list[Any] = [delivery.message_id, delivery.lease, repr(due * 1000)]
+        if waiting_on is None:
+            keys.append(base + "leased")  # not written
+            args += ["0", ""]
+        else:
+            check_name("waiting_on", waiting_on)
+            keys.append(self.prefix + "slots:" + waiting_on + ":waiting")
+            args += ["1", f"{delivery.message_id}:{delivery.queue}"]
+        return bool(self._script().defer(keys, args))
+
+    @_translated
+    def throttle(self, key: str, interval: float, claim: str) -> float | None:
+        """None: go now; else the broker time of the turn reserved for ``claim``."""
+        check_throttle(key, interval, claim)
+        name = self.prefix + "limit:" + key
+        args = [repr(float(interval) * 1000), claim, repr(TURN_GRACE * 1000)]
+        turn = self._script().throttle([name, name + ":turns"], args)
+        return None if turn is None else float(turn) / 1000
+
+    @_translated
+    def acquire_slot(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+        """None: ``holder`` holds a slot of ``key``; else when the soonest slot runs out."""
+        check_slot(key, holder, limit, ttl)
+        soonest = self._script().acquire_slot(
+            [self.prefix + "slots:" + key], [holder, limit, _ms(ttl)]
+        )
+        return None if soonest is None else float(soonest) / 1000
+
+    @_translated
+    def renew_slots(self, slots: Sequence[tuple[str, str]], ttl: float) -> list[bool]:
+        """Renew ``(key, holder)`` slots for ``ttl`` seconds; whether each was still held."""
+        check_lease(ttl)
+        if not slots:
+            return []
+        keys = [self.prefix + "slots:" + key for key, _ in slots]
+        held = self._script().renew_slots(keys, [_ms(ttl), *(holder for _, holder in slots)])
+        return [bool(ok) for ok in held]
+
+    @_translated
+    def release_slots(self, slots: Sequence[tuple[str, str]]) -> None:
+        """Free ``(key, holder)`` slots; wake one message waiting on each key."""
+        if not slots:
+            return
+        keys: list[str] = []
+        for key, _ in slots:
+            keys += [self.prefix + "slots:" + key, self.prefix + "slots:" + key + ":waiting"]
+        args: list[Any] = [self.prefix, WAKE_SCAN, *(holder for _, holder in slots)]
+        self._script().release_slots(keys, args)
+
+
 class _RedisSubscription(Subscription):
     """A pub/sub connection of its own; redis-py subscribes it again after a reconnect."""
 
@@ -686,6 +798,11 @@ class _RedisSubscription(Subscription):
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    """A script's reply as text (redis-py hands bulk strings back as bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _ms(seconds: float) -> int:

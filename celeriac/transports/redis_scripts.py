@@ -37,9 +37,12 @@ local function make_ready(ready, wake, msg, id)
   notify(wake)
 end
 
-local function add_event(msg, event)
+local function add_event(msg, event, detail)  -- detail: JSON object text, kept as sent
   local history = redis.call('HGET', msg, 'history')
   local entry = cjson.encode(event)
+  if detail and detail ~= '' then
+    entry = string.sub(entry, 1, -2) .. ',"detail":' .. detail .. '}'
+  end
   if history then
     history = string.sub(history, 1, -2) .. ',' .. entry .. ']'
   else
@@ -48,7 +51,13 @@ local function add_event(msg, event)
   redis.call('HSET', msg, 'history', history)
 end
 
+local function free_unique(msg)  -- a unique message's key is free once it is gone
+  local key = redis.call('HGET', msg, 'unique')
+  if key and redis.call('GET', key) == msg then redis.call('DEL', key) end
+end
+
 local function bury(msg, id, queue, reason, now, dead, dead_prefix)
+  free_unique(msg)
   redis.call('HDEL', msg, 'lease')
   redis.call('HSET', msg, 'queue', queue, 'reason', reason, 'dead_at', string.format('%.6f', now))
   redis.call('RENAME', msg, dead_prefix .. id)
@@ -194,6 +203,7 @@ for i = 1, #KEYS / 3 do
   local a = (i - 1) * 6
   out[i] = 0
   if held(msg, ARGV[a + 2]) then
+    free_unique(msg)
     redis.call('DEL', msg)
     redis.call('ZREM', leased, ARGV[a + 1])
     if ARGV[a + 3] == '1' then
@@ -225,7 +235,7 @@ return out
 """
 
 # KEYS: leased, ready, wake, message, dead. ARGV: id, token, has reason ('1'/'0'), reason,
-# max deliveries, queue, dead prefix.
+# max deliveries, queue, dead prefix, detail (JSON object text, '' for none).
 RELEASE = r"""
 local leased, ready, wake, msg, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id = ARGV[1]
@@ -239,7 +249,8 @@ if ARGV[3] == '0' then  -- handed back unstarted: this delivery does not count
   return 1
 end
 local deliveries = tonumber(redis.call('HGET', msg, 'deliveries'))
-add_event(msg, {at = now, event = 'released', reason = ARGV[4], deliveries = deliveries})
+add_event(msg, {at = now, event = 'released', reason = ARGV[4], deliveries = deliveries},
+          ARGV[8])
 if deliveries >= tonumber(ARGV[5]) then
   bury(msg, id, ARGV[6], ARGV[4], now, dead, ARGV[7])
 else
@@ -268,14 +279,16 @@ end
 return 1
 """
 
-# KEYS: leased, message, dead. ARGV: id, token, reason, queue, dead prefix.
+# KEYS: leased, message, dead. ARGV: id, token, reason, queue, dead prefix, detail (JSON object
+# text, '' for none).
 DEAD_LETTER = r"""
 local leased, msg, dead = KEYS[1], KEYS[2], KEYS[3]
 if not held(msg, ARGV[2]) then return 0 end
 local now = clock()
 redis.call('ZREM', leased, ARGV[1])
 local deliveries = tonumber(redis.call('HGET', msg, 'deliveries'))
-add_event(msg, {at = now, event = 'dead_lettered', reason = ARGV[3], deliveries = deliveries})
+add_event(msg, {at = now, event = 'dead_lettered', reason = ARGV[3], deliveries = deliveries},
+          ARGV[6])
 bury(msg, ARGV[1], ARGV[4], ARGV[3], now, dead, ARGV[5])
 return 1
 """
@@ -298,11 +311,22 @@ PURGE = r"""
 local removed = 0
 for _, key in ipairs(KEYS) do
   local ids = redis.call('ZRANGE', key, 0, tonumber(ARGV[2]) - 1)
-  for _, id in ipairs(ids) do redis.call('DEL', ARGV[1] .. 'm:' .. id) end
+  for _, id in ipairs(ids) do
+    free_unique(ARGV[1] .. 'm:' .. id)
+    redis.call('DEL', ARGV[1] .. 'm:' .. id)
+  end
   zrem_all(key, ids)
   removed = removed + #ids
 end
 return removed
+"""
+
+# KEYS: dead. ARGV: dead prefix, batch. Returns how many dead letters it deleted.
+PURGE_DEAD = r"""
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+for _, id in ipairs(ids) do redis.call('DEL', ARGV[1] .. id) end
+zrem_all(KEYS[1], ids)
+return #ids
 """
 
 # KEYS: key. ARGV: amount, ttl ms ('0': keep the current one), channel.

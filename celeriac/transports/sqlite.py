@@ -17,6 +17,9 @@ query touches only the rows it needs, even with 100k messages queued:
 - ``leased``: held by a consumer until ``lease_until``; taken back by a later fetch when the
   lease runs out (at most once per ``reclaim_interval`` per transport object).
 
+Rate turns, concurrency slots, waiting messages and unique keys have tables of their own
+(``sqlite_limits.py``).
+
 Options (``options`` dict): ``max_deliveries`` (see the contract), ``reclaim_interval``
 (seconds between sweeps of expired leases, default 0.5), ``busy_timeout`` (seconds a writer
 waits for the lock, default 10), ``sweep_interval`` (seconds between sweeps of expired keys
@@ -40,19 +43,25 @@ from contextlib import contextmanager
 from typing import Any
 
 from celeriac.errors import TransportError
+from celeriac.transports import sqlite_limits as limits
 from celeriac.transports.base import (
     DEFAULT_LEASE,
     DeadLetter,
     Delivery,
+    Detail,
     KeyWrite,
     Subscription,
     Transport,
     check_bytes,
+    check_detail,
     check_due,
     check_fetch,
     check_key,
     check_lease,
     check_message,
+    check_name,
+    check_slot,
+    check_throttle,
     check_topic,
     check_topics,
 )
@@ -264,22 +273,39 @@ class SQLiteTransport(Transport):
         except sqlite3.Error as exc:
             raise TransportError(f"cannot open SQLite broker {self.path}: {exc}") from exc
         try:
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._use_wal(conn)
             if mode != "wal":  # e.g. a file system without shared memory
                 raise sqlite3.OperationalError(f"cannot use WAL mode (journal mode is {mode})")
             conn.execute("PRAGMA synchronous = NORMAL")
             # The claim's small temporary tables would otherwise open a temp file per fetch.
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute("BEGIN IMMEDIATE")
-            for statement in SCHEMA:
+            for statement in (*SCHEMA, *limits.SCHEMA):
                 conn.execute(statement)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             conn.close()
             raise TransportError(f"cannot prepare SQLite broker {self.path}: {exc}") from exc
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> str:
+        """Switch a connection's file to WAL; returns the journal mode it ends in.
+
+        Several processes opening a new file at once race to switch it, and SQLite answers
+        the loser "database is locked" at once, without waiting: try again until the busy
+        timeout.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+                if mode == "wal":
+                    return mode
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -469,20 +495,23 @@ class SQLiteTransport(Transport):
             self._sweep(conn, now)
         return done
 
-    def release(self, delivery: Delivery, reason: str | None = None) -> bool:
+    def release(
+        self, delivery: Delivery, reason: str | None = None, detail: Detail | None = None
+    ) -> bool:
         """Give a delivery back; with ``reason`` it counts as a failed delivery."""
+        detail_json = check_detail(detail)
         held = _held(delivery)
         if held is None:
             return False
         if reason is not None and delivery.deliveries >= self.max_deliveries:
-            return self._bury(held, reason, "released", delivery.deliveries)
+            return self._bury(held, reason, "released", delivery.deliveries, detail_json)
         if reason is None:
             sql = (
                 "UPDATE messages SET state = 'ready', lease = NULL, lease_until = NULL,"
                 " deliveries = deliveries - 1 WHERE id = :id AND lease = :lease"
             )
         else:
-            held["event"] = _event_json("released", reason, delivery.deliveries)
+            held["event"] = _event_json("released", reason, delivery.deliveries, detail_json)
             sql = (
                 "UPDATE messages SET state = 'ready', lease = NULL, lease_until = NULL,"
                 f" history = {_HISTORY_ADD} WHERE id = :id AND lease = :lease"
@@ -524,20 +553,28 @@ class SQLiteTransport(Transport):
                     kept.append(delivery)
         return kept
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+    def dead_letter(self, delivery: Delivery, reason: str, detail: Detail | None = None) -> bool:
         """Move a delivered message to the dead-letter queue."""
+        detail_json = check_detail(detail)
         held = _held(delivery)
         if held is None:
             return False
-        return self._bury(held, reason, "dead_lettered", delivery.deliveries)
+        return self._bury(held, reason, "dead_lettered", delivery.deliveries, detail_json)
 
-    def _bury(self, held: dict[str, Any], reason: str, event: str, deliveries: int) -> bool:
+    def _bury(
+        self,
+        held: dict[str, Any],
+        reason: str,
+        event: str,
+        deliveries: int,
+        detail_json: str | None = None,
+    ) -> bool:
         """Move a leased message to the dead-letter queue if the lease still holds."""
         params = {
             **held,
             "reason": reason,
             "now": time.time(),
-            "event": _event_json(event, reason, deliveries),
+            "event": _event_json(event, reason, deliveries, detail_json),
         }
         with self._writing() as conn:
             if conn.execute(_BURY_HELD, params).rowcount != 1:
@@ -583,6 +620,17 @@ class SQLiteTransport(Transport):
             ).rowcount
             conn.execute("DELETE FROM dead_letters WHERE id = :id", params)
         return moved == 1
+
+    def dead_letter_count(self) -> int:
+        """How many messages the dead-letter queue holds."""
+        with self._reading() as conn:
+            count: int = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        return count
+
+    def purge_dead_letters(self) -> int:
+        """Delete every dead letter; return how many."""
+        with self._writing() as conn:
+            return conn.execute("DELETE FROM dead_letters").rowcount
 
     def size(self, queue: str) -> int:
         """Messages on ``queue`` that are not acknowledged (ready, delayed or leased)."""
@@ -715,6 +763,78 @@ class SQLiteTransport(Transport):
         )
 
 
+    # -- limits ---------------------------------------------------------------------------------
+
+    def publish_unique(
+        self, queue: str, body: bytes, key: str, *, due: float | None = None, priority: int = 0
+    ) -> tuple[str, bool]:
+        """Publish unless a live message holds ``key``: ``(message id, published)``."""
+        check_message(queue, body, due, priority)
+        check_name("key", key)
+        with self._writing() as conn:
+            holder = limits.unique_holder(conn, key)
+            if holder is not None:
+                return holder, False
+            now = time.time()
+            when = now if due is None else due
+            cursor = conn.execute(
+                "INSERT INTO messages (queue, body, priority, due, state) VALUES (?, ?, ?, ?, ?)",
+                (queue, body, priority, when, "ready" if when <= now else "delayed"),
+            )
+            message_id = str(cursor.lastrowid)
+            limits.hold_unique(conn, key, message_id)
+        return message_id, True
+
+    def defer(self, delivery: Delivery, due: float, waiting_on: str | None = None) -> bool:
+        """Give a delivery back unstarted until ``due`` (or a slot of ``waiting_on`` frees)."""
+        check_due(due)
+        if waiting_on is not None:
+            check_name("waiting_on", waiting_on)
+        held = _held(delivery)
+        if held is None:
+            return False
+        with self._writing() as conn:
+            now = time.time()
+            held.update(due=due, state="ready" if due <= now else "delayed")
+            moved = conn.execute(
+                "UPDATE messages SET state = :state, due = :due, deliveries = deliveries - 1,"
+                " lease = NULL, lease_until = NULL WHERE id = :id AND lease = :lease",
+                held,
+            ).rowcount
+            if moved and waiting_on is not None:
+                limits.wait(conn, waiting_on, held["id"], now)
+        return moved == 1
+
+    def throttle(self, key: str, interval: float, claim: str) -> float | None:
+        """None: go now; else the broker time of the turn reserved for ``claim``."""
+        check_throttle(key, interval, claim)
+        with self._writing() as conn:
+            return limits.throttle(conn, key, float(interval), claim, time.time())
+
+    def acquire_slot(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+        """None: ``holder`` holds a slot of ``key``; else when the soonest slot runs out."""
+        check_slot(key, holder, limit, ttl)
+        with self._writing() as conn:
+            return limits.acquire_slot(conn, key, holder, limit, ttl, time.time())
+
+    def renew_slots(self, slots: Sequence[tuple[str, str]], ttl: float) -> list[bool]:
+        """Renew ``(key, holder)`` slots for ``ttl`` seconds; whether each was still held."""
+        check_lease(ttl)
+        if not slots:
+            return []
+        with self._writing() as conn:
+            now = time.time()
+            return [limits.renew_slot(conn, key, holder, ttl, now) for key, holder in slots]
+
+    def release_slots(self, slots: Sequence[tuple[str, str]]) -> None:
+        """Free ``(key, holder)`` slots; wake one message waiting on each key."""
+        if not slots:
+            return
+        with self._writing() as conn:
+            for key, holder in slots:
+                limits.release_slot(conn, key, holder)
+
+
 class _SQLiteSubscription(Subscription):
     """Reads the topic rows appended after it opened, polling while it waits."""
 
@@ -759,8 +879,11 @@ class _SQLiteSubscription(Subscription):
         self._closed = True
 
 
-def _event_json(event: str, reason: str, deliveries: int) -> str:
+def _event_json(event: str, reason: str, deliveries: int, detail_json: str | None = None) -> str:
     """One entry of a message's history, as JSON text for SQLite's json functions."""
-    return json.dumps(
-        {"at": time.time(), "event": event, "reason": reason, "deliveries": deliveries}
-    )
+    entry: dict[str, Any] = {
+        "at": time.time(), "event": event, "reason": reason, "deliveries": deliveries
+    }
+    if detail_json is not None:
+        entry["detail"] = json.loads(detail_json)
+    return json.dumps(entry)

@@ -8,6 +8,7 @@ returns is the reply, and a ``CommandError`` it raises is the error reply.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 import signal
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import __version__
 from celeriac.control import signal_number
+from celeriac.errors import LimitError
+from celeriac.limits import parse_rate
 from celeriac.worker.heartbeat import load_average
 
 if TYPE_CHECKING:
@@ -187,6 +190,73 @@ def cmd_cancel_consumer(control: WorkerControl, queue: str) -> Any:
     consumer.queues = [name for name in consumer.queues if name != queue]
     logger.info("No longer consuming from queue %s (remote control)", queue)
     return {"ok": f"no longer consuming from {queue}"}
+
+
+@command
+def cmd_time_limit(
+    control: WorkerControl, task_name: str, soft: float | None = None, hard: float | None = None
+) -> Any:
+    """Set a task's soft and hard time limits (None: the app's) for the runs that start next."""
+    task = control.app.tasks.get(task_name) if isinstance(task_name, str) else None
+    if task is None:
+        raise CommandError(f"unknown task {task_name!r}; see: inspect registered")
+    soft, hard = _seconds_or_none("soft", soft), _seconds_or_none("hard", hard)
+    if soft is not None and hard is not None and soft > hard:
+        raise CommandError(f"the soft limit ({soft:g} s) is longer than the hard one ({hard:g} s)")
+    task.soft_time_limit, task.time_limit = soft, hard
+    conf = control.app.conf
+    text = (f"time limits of {task_name}: soft {_limit_text(soft, conf.task_soft_time_limit)}, "
+            f"hard {_limit_text(hard, conf.task_time_limit)}")  # fmt: skip
+    logger.info("New %s (remote control)", text)
+    return {"ok": text}
+
+
+def _seconds_or_none(which: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise CommandError(f"the {which} limit must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _limit_text(value: float | None, default: float | None) -> str:
+    if value is not None:
+        return f"{value:g} s"
+    return "none" if default is None else f"{default:g} s (the app's default)"
+
+
+@command
+def cmd_rate_limit(
+    control: WorkerControl, task_name: str, rate_limit: Any = None, stored: bool = False
+) -> Any:
+    """Change a task's rate limit: ``stored`` (for every worker) reads the one in the broker
+    now; otherwise it is set for this worker alone (None: back to the task's own)."""
+    task = control.app.tasks.get(task_name) if isinstance(task_name, str) else None
+    if task is None:
+        raise CommandError(f"unknown task {task_name!r}; see: inspect registered")
+    try:
+        rate = parse_rate(rate_limit)
+    except LimitError as exc:
+        raise CommandError(str(exc)) from None
+    limits = control.consumer.limits
+    if stored:
+        limits.refresh(task_name)
+    elif limits.scope(task) == "cluster":
+        raise CommandError(
+            f"{task_name} is rate-limited across the cluster: change it for every worker "
+            "(no destination), or give the task rate_limit_scope='worker'"
+        )
+    elif rate_limit is None:
+        limits.local.pop(task_name, None)
+    else:
+        limits.local[task_name] = rate
+    where = "every worker" if stored else "this worker"
+    logger.info("Rate limit of %s for %s: %s (remote control)", task_name, where, rate_limit)
+    if rate_limit is None:
+        return {"ok": f"rate limit of {task_name} back to the task's own ({where})"}
+    if rate is None:
+        return {"ok": f"rate limit of {task_name} disabled successfully ({where})"}
+    return {"ok": f"new rate limit of {task_name} set successfully: {rate_limit} ({where})"}
 
 
 @command

@@ -12,7 +12,9 @@ Three threads in the worker process share the work:
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -20,18 +22,26 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
 from celeriac.backend import meta_key
-from celeriac.errors import MessageError, TimeLimitExceeded, WorkerLostError
+from celeriac.errors import (
+    ConcurrencyKeyError,
+    MessageError,
+    NotRegistered,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
 from celeriac.message import Message, decode
 from celeriac.trace import Outcome
 from celeriac.transports.base import DEFAULT_LEASE, Delivery, KeyWrite
 from celeriac.worker.control import RevokedSet, WorkerControl
 from celeriac.worker.execute import JobDone
 from celeriac.worker.finisher import Finisher
+from celeriac.worker.limits import Limits, Slot
 from celeriac.worker.pools import Event, Job, Pool
 from celeriac.workflow import after_outcome
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.metrics import WorkerMetrics
     from celeriac.worker.autoscale import Autoscaler
     from celeriac.worker.task_events import TaskEvents
 
@@ -46,6 +56,8 @@ class Inflight:
     message: Message
     body: bytes
     acked: bool = False
+    #: the concurrency slot it holds while it runs (celeriac.worker.limits)
+    slot: Slot | None = None
 
 
 class Consumer:
@@ -84,10 +96,12 @@ class Consumer:
         self.closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self.finisher = Finisher(app)
+        self.limits = Limits(app, hostname, self.lease)  # rate and concurrency limits
         # monitoring and control (celeriac.worker.control): set up by start()
         self.revoked = RevokedSet()
         self.task_events: TaskEvents | None = None  # only when task events are on (-E)
         self.control: WorkerControl | None = None
+        self.metrics: WorkerMetrics | None = None  # Prometheus counters (--metrics-port)
         #: monotonic times of the last main-loop step and successful broker call (health)
         self.last_loop = self.last_broker_ok = time.monotonic()
 
@@ -129,6 +143,7 @@ class Consumer:
         known = self._broker_instance(None)
         while not self.closed.wait(self.lease / 3):
             known = self._broker_instance(known)
+            self._renew_slots()
             held = [item.delivery for item in list(self.inflight.values()) if not item.acked]
             if not held:
                 continue
@@ -137,9 +152,19 @@ class Consumer:
             except Exception:
                 logger.exception("renewing leases failed")
                 continue
+            if self.metrics is not None:
+                self.metrics.leases(len(kept), len(held) - len(kept))
             for delivery in held:
                 if delivery.lease not in kept:
                     logger.warning("lease lost on message %s", delivery.message_id)
+
+    def _renew_slots(self) -> None:
+        """Renew the concurrency slots of held tasks, acknowledged early or not."""
+        slots = [item.slot for item in list(self.inflight.values()) if item.slot is not None]
+        try:
+            self.limits.renew(slots)
+        except Exception:
+            logger.exception("renewing concurrency slots failed")
 
     def _broker_instance(self, known: str | None) -> str | None:
         """Report a broker that lost its state (a Redis restarted without persistence)."""
@@ -194,11 +219,12 @@ class Consumer:
             elif kind == "done":
                 finished.append(event[1])
             elif kind == "lost":
-                self._lost(event[1], event[2])
+                self._lost(event[1], event[2], event[3] if len(event) > 3 else None)
             elif kind == "timeout":
                 self._timed_out(event[1])
         if finished:
             self._finish(finished)
+        self.limits.flush()  # slots of the tasks that ended in this batch
 
     def _submit(self, job_id: int) -> None:
         """Hand a job to the pool, which starts it as soon as a slot is free."""
@@ -230,6 +256,10 @@ class Consumer:
                 self._refuse(delivery, exc.reason, exc.detail)
                 continue
             if message.task not in self.app.tasks:
+                signals.task_unknown.send(
+                    sender=self, name=message.task, id=message.id, message=message,
+                    exc=NotRegistered(message.task),
+                )  # fmt: skip
                 self._refuse(delivery, "unknown_task", f"no task named {message.task!r}")
                 continue
             if message.is_expired():
@@ -238,13 +268,34 @@ class Consumer:
             if message.id in self.revoked:  # remote control: revoked before it arrived
                 self._discard_revoked(delivery, message)
                 continue
+            admitted, slot = self._admit(delivery, message)
+            if not admitted:  # rate or concurrency limit: it waits in the broker
+                continue
             logger.info("Received task: %s[%s]", message.task, message.id)
+            if self.metrics is not None:
+                self.metrics.received(message.task, delivery.deliveries)
             signals.task_received.send(sender=self, message=message)
             if self.task_events is not None:
                 self.task_events.received(message)
             self._next_id += 1
-            self.inflight[self._next_id] = Inflight(delivery, message, delivery.body)
+            self.inflight[self._next_id] = Inflight(delivery, message, delivery.body, slot=slot)
             self._submit(self._next_id)
+
+    def _admit(self, delivery: Delivery, message: Message) -> tuple[bool, Slot | None]:
+        """Rate and concurrency limits: run now, or give the message back to wait its turn."""
+        try:
+            admitted, slot = self.limits.admit(delivery, message)
+        except ConcurrencyKeyError as exc:  # the task's key function: fail this one task
+            self._refuse(delivery, "concurrency_key_failed", str(exc))
+            self._store_failure(message, exc)  # after: who sees the failure sees the letter
+            return False, None
+        except Exception:
+            logger.exception("checking the limits of %s[%s] failed; its lease will expire",
+                             message.task, message.id)  # fmt: skip
+            admitted, slot = False, None
+        if not admitted:
+            self._release_budget(1)
+        return admitted, slot
 
     def _refuse(self, delivery: Delivery, reason: str, detail: str) -> None:
         """Dead-letter a message this worker cannot run; one log line, then go on."""
@@ -253,6 +304,8 @@ class Consumer:
             delivery.message_id, delivery.queue, reason, detail,
         )  # fmt: skip
         self.app.broker.dead_letter(delivery, reason)
+        if self.metrics is not None:
+            self.metrics.finished("-", states.REJECTED)  # "-": no trusted task name
         signals.task_rejected.send(sender=self, delivery=delivery, reason=reason)
         if self.task_events is not None:
             self.task_events.rejected(delivery, reason)
@@ -265,6 +318,8 @@ class Consumer:
             name=message.task,
         )  # fmt: skip
         self.app.broker.ack(delivery)
+        if self.metrics is not None:
+            self.metrics.finished(message.task, states.REVOKED)
         signals.task_revoked.send(sender=self, request=message, expired=True)
         if self.task_events is not None:
             self.task_events.revoked(message, expired=True)
@@ -282,6 +337,8 @@ class Consumer:
         )  # fmt: skip
         if not acked:
             self.app.broker.ack(delivery)
+        if self.metrics is not None:
+            self.metrics.finished(message.task, states.REVOKED)
         signals.task_revoked.send(sender=self, request=message, terminated=terminated)
         if self.task_events is not None:
             self.task_events.revoked(message, terminated=terminated)
@@ -297,7 +354,10 @@ class Consumer:
             item = self.inflight.pop(done.job_id, None)
             if item is None:
                 continue
+            self.limits.finished(item.slot)
             self._log_outcome(item.message, done)
+            if self.metrics is not None:
+                self.metrics.finished(item.message.task, done.state, done.runtime)
             if self.task_events is not None:
                 self.task_events.finished(item.message, done)
             write = None
@@ -340,20 +400,24 @@ class Consumer:
             broker.dead_letter(item.delivery, done.reason or "rejected")
         return True
 
-    def _lost(self, job_id: int, how: str) -> None:
+    def _lost(self, job_id: int, how: str, process: dict[str, Any] | None = None) -> None:
         """The process running a job died: count a failed delivery (dead-letter at budget)."""
         item = self.inflight.pop(job_id, None)
         if item is None:
             return
+        self.limits.finished(item.slot)
         if item.message.id in self.revoked:  # remote control: stopped by revoke(terminate)
             self._discard_revoked(item.delivery, item.message, item.acked, terminated=True)
             return
         message, delivery = item.message, item.delivery
         logger.error("Process running %s[%s] died (%s)", message.task, message.id, how)
+        if self.metrics is not None:
+            self.metrics.finished(message.task, "LOST")
         if self.task_events is not None:
             self.task_events.failed(message, f"WorkerLostError(worker process died ({how}))")
         if not item.acked:
-            self.app.broker.release(delivery, reason="worker_lost")
+            detail = _lost_detail(how, process, self.hostname)
+            self.app.broker.release(delivery, reason="worker_lost", detail=detail)
         # After the release, so a client that sees the failure also sees the dead letter.
         if delivery.deliveries >= self.app.broker.max_deliveries:
             self._store_failure(message, WorkerLostError(f"worker process died ({how})"))
@@ -364,11 +428,14 @@ class Consumer:
         item = self.inflight.pop(job_id, None)
         if item is None:
             return
+        self.limits.finished(item.slot)
         limit = _limits(item.message, self.app.tasks.get(item.message.task), self.app)[0]
         logger.error(
             "Hard time limit (%ss) exceeded for %s[%s]", limit, item.message.task, item.message.id
         )
         self._store_failure(item.message, TimeLimitExceeded(f"hard time limit ({limit}s)"))
+        if self.metrics is not None:
+            self.metrics.finished(item.message.task, states.FAILURE)
         if self.task_events is not None:
             self.task_events.failed(item.message, f"TimeLimitExceeded(hard time limit ({limit}s))")
         if not item.acked:
@@ -419,10 +486,12 @@ class Consumer:
         released = 0
         for job_id in unstarted:
             item = self.inflight.pop(job_id)
+            self.limits.finished(item.slot)
             if not item.acked:
                 self.app.broker.release(item.delivery)
                 released += 1
         self._release_budget(len(unstarted))
+        self.limits.flush()
         if released:
             logger.info("Handed back %d prefetched task(s) to the broker", released)
 
@@ -449,9 +518,11 @@ class Consumer:
     def abandon_running(self, reason: str) -> None:
         """Give back jobs that were still running when the worker had to stop."""
         for item in list(self.inflight.values()):
+            self.limits.finished(item.slot)
             if not item.acked:
                 self.app.broker.release(item.delivery, reason=reason)
         self.inflight.clear()
+        self.limits.flush()
 
     def stats(self) -> dict[str, Any]:
         """Counters for logs and monitoring."""
@@ -467,6 +538,27 @@ def _drain(events: queue.SimpleQueue[Event], timeout: float = 0.0) -> list[Event
     except queue.Empty:
         pass
     return batch
+
+
+def _lost_detail(how: str, process: dict[str, Any] | None, hostname: str) -> dict[str, Any]:
+    """What a worker_lost failure records: how the process ended, its pid, and the worker's."""
+    detail: dict[str, Any] = {"cause": how}
+    if process is not None:
+        code = process.get("exitcode")
+        if isinstance(code, int) and code < 0:
+            detail.update(cause=f"signal {-code} ({_signal_name(-code)})", signal=-code)
+        else:
+            detail.update(cause=f"exit code {code}", exitcode=code)
+        detail["pid"] = process.get("pid")
+    detail.update(worker_pid=os.getpid(), hostname=hostname)
+    return detail
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "unknown signal"
 
 
 def _limits(message: Message, task: Any, app: Celeriac) -> tuple[float | None, float | None]:

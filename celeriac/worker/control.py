@@ -7,6 +7,8 @@
 - a thread that listens on the control topic and answers the commands of ``commands.py``
   (the wire format is in ``celeriac.control``); a command it does not know gets an error
   reply;
+- with ``control_signing_key``, a check that refuses (and logs) requests without a valid
+  signature, stale ones and replays (``celeriac.signing``);
 - the set of revoked task ids, loaded from the broker at start and kept up to date by
   ``revoke`` commands: a revoked task is refused when it arrives, and again when a pool slot
   would start it.
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac import states
 from celeriac.control import REVOKE_EXPIRES, TOPIC, VERSION, revoked_history
 from celeriac.events import EventSender, use_sender
+from celeriac.signing import RequestCheck, sign, signature_problem
 from celeriac.worker.commands import COMMANDS, CommandError
 from celeriac.worker.execute import JobDone
 from celeriac.worker.heartbeat import Heartbeat, load_average
@@ -70,6 +73,9 @@ class WorkerControl:
         #: job id -> when it started, for the jobs the pool has started
         self.started: dict[int, float] = {}
         self.since = time.time()
+        #: with control_signing_key: the key, and the check every request must pass
+        self.key: str | None = self.app.conf.control_signing_key
+        self.signed = RequestCheck(self.key) if self.key else None
         self._stop = threading.Event()
         self._subscription: Subscription | None = None
         self._thread = threading.Thread(target=self._listen, name="remote-control", daemon=True)
@@ -101,7 +107,11 @@ class WorkerControl:
         ids: list[str] = []
         for _, body in revoked_history(self.app).read():
             try:
-                ids.extend(str(one) for one in json.loads(body)["ids"])
+                record = json.loads(body)
+                if self.key and (problem := signature_problem(record, self.key)) is not None:
+                    logger.warning("ignoring a kept revocation: %s", problem)
+                    continue
+                ids.extend(str(one) for one in record["ids"])
             except (ValueError, KeyError, TypeError):
                 logger.warning("ignoring a kept revocation of unknown shape")
         self.revoked.add(ids)
@@ -154,16 +164,30 @@ class WorkerControl:
         request = _parse_request(body)
         if request is None or not self._addressed(request):
             return
-        try:
-            answer = {"ok": True, "reply": self.run(request)}
-        except CommandError as exc:
-            answer = {"ok": False, "error": str(exc)}
-        except Exception as exc:
-            logger.exception("control command %r failed", request.get("command"))
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        answer = self._answer(request)
         reply_to = request.get("reply_to")
         if isinstance(reply_to, str) and reply_to:
             self._reply(reply_to, request.get("id"), answer)
+
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        refused = self._refused(request)
+        if refused is not None:
+            return {"ok": False, "error": refused}
+        try:
+            return {"ok": True, "reply": self.run(request)}
+        except CommandError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            logger.exception("control command %r failed", request.get("command"))
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    def _refused(self, request: dict[str, Any]) -> str | None:
+        """Why a request is refused (signing is on and it is not validly signed), or None."""
+        if self.signed is None or (problem := self.signed.problem(request)) is None:
+            return None
+        logger.warning("Refused control command %r from %s: %s",
+                       request.get("command"), request.get("sender"), problem)  # fmt: skip
+        return f"refused: {problem}; this worker takes only commands signed with its key"
 
     def _addressed(self, request: dict[str, Any]) -> bool:
         destination = request.get("destination")
@@ -194,7 +218,10 @@ class WorkerControl:
     def _reply(self, topic: str, request_id: Any, answer: dict[str, Any]) -> None:
         body = {"v": VERSION, "id": request_id, "hostname": self.hostname, **answer}
         try:
-            self.app.broker.broadcast(topic, json.dumps(body, default=str).encode())
+            text = json.dumps(body, default=str)
+            if self.key:  # signed as sent: the JSON text, read back
+                text = json.dumps(sign(json.loads(text), self.key))
+            self.app.broker.broadcast(topic, text.encode())
         except Exception as exc:
             logger.warning("could not reply to a control command: %s", exc)
 

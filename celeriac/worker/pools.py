@@ -3,7 +3,8 @@
 Events a pool puts on the queue::
 
     ("done", JobDone)                 a job finished (any state)
-    ("lost", job_id, description)     the process running a job died
+    ("lost", job_id, description)     the process running a job died; prefork adds a 4th
+                                      item, {"pid": ..., "exitcode": ...} (negative: signal)
     ("timeout", job_id, limit)        a job passed its hard time limit and was stopped
 """
 

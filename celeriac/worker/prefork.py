@@ -244,7 +244,8 @@ class PreforkPool(Pool):
         child.conn.close()
         if job_id is not None:
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            self.events.put(("lost", job_id, f"{how}, pid {child.process.pid}"))
+            process = {"pid": child.process.pid, "exitcode": code}  # for the dead letter
+            self.events.put(("lost", job_id, f"{how}, pid {child.process.pid}", process))
         if not self._stopping and not child.dismissed:
             replacement = self._spawn()
             with self._lock:

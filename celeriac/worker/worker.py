@@ -59,6 +59,8 @@ class Worker:
         health_file: str | None = None,
         autoscale: tuple[int, int] | None = None,
         beat: Scheduler | None = None,
+        metrics_port: int | None = None,
+        metrics_address: str = "0.0.0.0",
     ) -> None:
         conf = app.conf
         self.beat = beat  # worker -B: a scheduler in a thread of this process
@@ -74,6 +76,8 @@ class Worker:
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
         self.health_file = health_file
+        #: serve Prometheus metrics on this port (0: any free one), celeriac.metrics
+        self.metrics_port, self.metrics_address = metrics_port, metrics_address
         self.autoscale = autoscale
         if autoscale is not None:
             if self.pool_kind not in ("prefork", "threads"):
@@ -108,6 +112,7 @@ class Worker:
         consumer = self.consumer = Consumer(
             self.app, pool, events, self.queues, self.hostname, scaler
         )
+        metrics_url = self._serve_metrics(consumer)  # before the pool: a taken port fails now
         print(self.banner(), file=sys.stderr if self.logfile is None else sys.stdout, flush=True)
         pool.start()
         self._install_signal_handlers()
@@ -118,6 +123,8 @@ class Worker:
         if health is not None:
             health.start()
         logger.info("Connected to %s", _safe_url(self.app.broker_url))
+        if metrics_url:
+            logger.info("Prometheus metrics at %s", metrics_url)
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
         if self.beat is not None:
@@ -134,8 +141,20 @@ class Worker:
             consumer.abandon_running("shutdown_timeout")
         pool.stop(timeout=2.0)
         consumer.close()
+        if consumer.metrics is not None:
+            consumer.metrics.stop()
         logger.info("Worker %s stopped (processed %d).", self.hostname, consumer.processed)
         return 0
+
+    def _serve_metrics(self, consumer: Consumer) -> str | None:
+        """Start the metrics endpoint when asked to; its URL."""
+        if self.metrics_port is None:
+            return None
+        from celeriac.metrics import WorkerMetrics  # the celeriac[metrics] extra
+
+        consumer.metrics = WorkerMetrics(self.app, consumer)
+        port = consumer.metrics.serve(self.metrics_port, self.metrics_address)
+        return f"http://{self.metrics_address}:{port}/metrics"
 
     def stop(self) -> None:
         """Begin a graceful shutdown."""

@@ -424,20 +424,17 @@ def test_a_task_that_kills_its_pool_process_is_dead_lettered_after_its_budget(
     assert f"crash[{poison['memory']}] died (signal 9" in logs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a worker_lost dead letter's history records neither the exit code or "
-    "signal nor the pids (Consumer._lost passes only the reason code to release)",
-)
 def test_a_crash_dead_letter_names_the_exit_and_the_pids(cluster: Cluster) -> None:
-    cluster.start("a")
+    worker = cluster.start("a")
     task_id = cluster.send("crash", "exit")
     ledger = cluster.settled(timeout=30)
 
-    history = json.dumps(cluster.dead()[task_id].history)
-    assert "exit code 1" in history
-    for run in ledger.runs[task_id]:
-        assert str(run.pid) in history
+    history = cluster.dead()[task_id].history
+    assert "exit code 1" in json.dumps(history)
+    details = [entry["detail"] for entry in history]
+    assert [d["exitcode"] for d in details] == [1] * len(ledger.runs[task_id])
+    assert [d["pid"] for d in details] == [run.pid for run in ledger.runs[task_id]]
+    assert {d["worker_pid"] for d in details} == {worker.pid}
 
 
 # -- 4. long tasks and far ETAs ------------------------------------------------------------
