@@ -4,7 +4,10 @@
 ``callbacks``, ``errbacks``, ``chain`` or ``chord``; eager mode calls ``after_eager_outcome``.
 It runs in the pool process before the consumer stores the task's result and acks it, so a
 worker that dies in between runs the task again and sends again (at least once), and the chord
-accounting below makes that harmless for a chord.
+accounting below makes that harmless for a chord. For the same reason, a step that fails for
+want of the broker (a ``TransportError``) makes ``after_outcome`` return False: the consumer
+then gives the message back instead of acknowledging it, and the task runs again rather than
+its callbacks, next step or chord part being lost.
 
 - Success: each callback (``link``) is applied with the result as its first argument, then the
   next chain step is; all in one publish.
@@ -39,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import states
 from celeriac.canvas import chain
-from celeriac.errors import ChordError
+from celeriac.errors import ChordError, TransportError
 from celeriac.result import EagerResult, GroupResult
 from celeriac.signature import Prepared, Signature, publish, signature
 from celeriac.task import Request
@@ -52,21 +55,30 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 
-def after_outcome(app: Celeriac, message: Message, hostname: str, outcome: Outcome) -> None:
-    """Send what follows a finished task; logs and goes on if that fails (never raises)."""
+def after_outcome(app: Celeriac, message: Message, hostname: str, outcome: Outcome) -> bool:
+    """Send what follows a finished task (never raises).
+
+    Returns False when a step failed because the broker did (see above): the task should run
+    again. Any other error is logged, and the task's own result still stored.
+    """
+    done = True
     if outcome.state == states.SUCCESS:
-        _guard(message, "callbacks and the next step", _send_next, app, message, outcome.result)
+        done &= _guard(message, "callbacks and the next step", _send_next, app, message,
+                       outcome.result)  # fmt: skip
         if message.chord:
-            _guard(message, "chord accounting", _chord_part, app, message, outcome)
+            done &= _guard(message, "chord accounting", _chord_part, app, message, outcome)
     elif _ends_in_failure(outcome):
         exc, tb = outcome.result, outcome.traceback
         if message.errbacks:
             request = Request.from_message(message, hostname, {"routing_key": message.queue}, False)
-            _guard(message, "errbacks", run_errbacks, app, message.errbacks, request, exc, tb)
+            done &= _guard(message, "errbacks", run_errbacks, app, message.errbacks, request,
+                           exc, tb)  # fmt: skip
         if message.chain:
-            _guard(message, "failing the chain", _mark_failed, app, message.chain, exc, tb)
+            done &= _guard(message, "failing the chain", _mark_failed, app, message.chain,
+                           exc, tb)  # fmt: skip
         if message.chord:
-            _guard(message, "chord accounting", _chord_part, app, message, outcome)
+            done &= _guard(message, "chord accounting", _chord_part, app, message, outcome)
+    return done
 
 
 def after_eager_outcome(
@@ -91,12 +103,16 @@ def _ends_in_failure(outcome: Outcome) -> bool:
     )
 
 
-def _guard(message: Message, what: str, step: Callable[..., Any], *args: Any) -> None:
-    """Run one follow-up step; a failure is logged, and the task's own result still stored."""
+def _guard(message: Message, what: str, step: Callable[..., Any], *args: Any) -> bool:
+    """Run one follow-up step; False if the broker failed it (the task should run again)."""
     try:
         step(*args)
+    except TransportError:
+        logger.exception("Task %s[%s]: %s failed; the task will run again", *_who(message), what)
+        return False
     except Exception:
         logger.exception("Task %s[%s]: %s failed", message.task, message.id, what)
+    return True
 
 
 def _parent_ids(message: Message) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from celeriac.errors import (
     MessageError,
     NotRegistered,
     TimeLimitExceeded,
+    TransportError,
     WorkerLostError,
 )
 from celeriac.message import Message, decode
@@ -380,6 +381,9 @@ class Consumer:
         Returns False when the delivery is left for ``_complete`` (ack + store, atomically).
         """
         broker = self.app.broker
+        if done.redeliver and not item.acked:
+            self._redeliver(item)
+            return True
         retrying = done.state == states.RETRY and done.retry_body is not None
         rejected = done.state == states.REJECTED
         if not (item.acked or retrying or rejected):
@@ -399,6 +403,16 @@ class Consumer:
         else:
             broker.dead_letter(item.delivery, done.reason or "rejected")
         return True
+
+    def _redeliver(self, item: Inflight) -> None:
+        """What follows the task could not be sent (broker error): run it again, later."""
+        message, delivery = item.message, item.delivery
+        logger.error("Task %s[%s]: what follows it could not be sent; it will run again",
+                     message.task, message.id)  # fmt: skip
+        self.app.broker.release(delivery, reason="follow_up_failed")
+        if delivery.deliveries >= self.app.broker.max_deliveries:  # dead-lettered now
+            error = TransportError("what follows the task could not be sent (broker error)")
+            self._store_failure(message, error)
 
     def _lost(self, job_id: int, how: str, process: dict[str, Any] | None = None) -> None:
         """The process running a job died: count a failed delivery (dead-letter at budget)."""

@@ -46,6 +46,9 @@ class JobDone:
     requeue: bool = False
     #: for FAILURE and RETRY: the traceback text (for task events)
     traceback: str | None = None
+    #: what follows the task (callbacks, chain, chord) failed for want of the broker: give the
+    #: message back so that the task runs again (celeriac.workflow)
+    redeliver: bool = False
 
 
 def run_message(
@@ -76,9 +79,10 @@ def describe_outcome(
     app: Celeriac, job_id: int, message: Message, hostname: str, outcome: Outcome
 ) -> JobDone:
     """Turn an outcome into the consumer's instructions."""
-    if message.callbacks or message.errbacks or message.chain or message.chord:
-        after_outcome(app, message, hostname, outcome)  # canvas: callbacks, next step, chord
     done = JobDone(job_id, outcome.state, outcome.runtime)
+    if message.callbacks or message.errbacks or message.chain or message.chord:
+        # canvas: callbacks, next step, chord
+        done.redeliver = not after_outcome(app, message, hostname, outcome)
     if outcome.state == states.SUCCESS:
         done.summary = _short.repr(outcome.result)
     elif outcome.state in (states.FAILURE, states.RETRY):
