@@ -1,10 +1,12 @@
 """State-changing routes: shut a worker down, resize its pool, revoke / terminate / retry a task,
-redrive dead letters.
+redrive dead letters, set or clear a task's rate limit.
 
 Each is a POST that needs the operator role and the session's CSRF token, and a request
 from a page of another origin is refused. A form carries a one-time ``action_id``: the first
 request with it claims it in the broker (an atomic ``incr``, so it holds across processes)
-and runs; a repeat (a double click, a resubmitted form) runs nothing and is told so.
+and runs; a repeat (a double click, a resubmitted form) runs nothing and is told so. An
+action refused (a bad rate, say) gives back its claim, and a browser is sent back to the
+page with the reason shown there; a program gets a 400 with the reason as JSON.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from celeriac.dashboard.data import registered
 from celeriac.dashboard.security import base_path, principal_of
+from celeriac.errors import LimitError
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
 
 ACTION_KEY = "celeriac-dashboard-action-"
 DONE_KEY = "celeriac-dashboard-done-"
+REFUSED_KEY = "celeriac-dashboard-refused-"
 ACTION_TTL = 3600.0
 MAX_FORM = 64 * 1024
 REDRIVE_ALL_LIMIT = 10_000
@@ -91,24 +96,36 @@ def _once(monitor: Monitor, action_id: str, handler: Any, form: dict[str, str]) 
             earlier = app.broker.get(DONE_KEY + action_id)
             said = f" ({earlier.decode()})" if earlier else ""
             return f"Already done: this form was sent before{said}; nothing was repeated."
-    message: str = handler(monitor, form)
+    try:
+        message: str = handler(monitor, form)
+    except Refused as exc:
+        if action_id:  # nothing was done: the form, corrected, may be sent again
+            app.broker.delete(ACTION_KEY + action_id)
+            app.broker.put(REFUSED_KEY + action_id, str(exc).encode(), ACTION_TTL)
+        raise
     if action_id:
         app.broker.put(DONE_KEY + action_id, message.encode(), ACTION_TTL)
     return message
 
 
-def flash(app: Celeriac, action_id: str) -> str:
-    """What the action ``action_id`` said, for the page it redirects to."""
+def flash(app: Celeriac, action_id: str) -> tuple[str, bool]:
+    """What the action ``action_id`` said, for the page it redirects to, and whether it was
+    refused."""
     if not action_id or len(action_id) > 64:
-        return ""
+        return "", False
     said = app.broker.get(DONE_KEY + action_id)
-    return said.decode(errors="replace") if said else ""
+    if said:
+        return said.decode(errors="replace"), False
+    refused = app.broker.get(REFUSED_KEY + action_id)
+    return (f"Not done: {refused.decode(errors='replace')}", True) if refused else ("", False)
 
 
 def _answer(
     request: Request, form: dict[str, str], action_id: str, message: str, status: int
 ) -> Response:
-    if "application/json" in request.headers.get("accept", "") or status != 200:
+    accept = request.headers.get("accept", "")
+    from_page = "text/html" in accept and 0 < len(action_id) <= 64 and status == 400
+    if "application/json" in accept or (status != 200 and not from_page):
         return JSONResponse({"ok": status == 200, "message": message}, status_code=status)
     target = form.get("next", "")
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -223,4 +240,32 @@ def redrive(monitor: Monitor, form: dict[str, str]) -> str:
     return f"{message_id} is no longer in the dead-letter queue; nothing was redriven."
 
 
-HANDLERS = {"worker": worker_action, "task": task_action, "redrive": redrive}
+def rate_limit(monitor: Monitor, form: dict[str, str]) -> str:
+    """Set a task's rate limit for every worker (stored in the broker, so workers that start
+    later keep it too); an empty rate goes back to the task's own limit."""
+    name, rate = form.get("task", "").strip(), form.get("rate", "").strip()
+    if not name or len(name) > 200:
+        raise Refused("which task? (its name, such as proj.tasks.add)")
+    if len(rate) > 40:
+        raise Refused("a rate is short: such as '10/s', '100/m' or '1000/h'")
+    known = registered(monitor)
+    if rate and known and name not in known:
+        raise Refused(f"no worker has registered a task named {name!r}; check the name")
+    try:
+        replies = monitor.app.control.rate_limit(
+            name, rate or None, reply=True, timeout=REPLY_TIMEOUT
+        )
+    except LimitError:
+        raise Refused(
+            f"bad rate {rate!r} for {name}: expected a rate such as '10/s', '100/m' or "
+            "'1000/h', a number of tasks per second, 0 for no limit, or nothing to go back "
+            "to the task's own"
+        ) from None
+    if rate:
+        return _replies(replies, f"Rate limit of {name} set to {rate} for every worker")
+    return _replies(replies, f"Rate limit of {name} cleared (back to the task's own)")
+
+
+HANDLERS = {
+    "worker": worker_action, "task": task_action, "redrive": redrive, "rate_limit": rate_limit,
+}  # fmt: skip

@@ -1,4 +1,5 @@
-"""The JSON API and the live stream (Server-Sent Events) that the pages' script listens to.
+"""The JSON API and the live stream (Server-Sent Events) that the pages' script listens to,
+and ``/metrics`` for Prometheus.
 
 ``GET /stream?view=overview|workers|tasks|task|queues`` sends one ``event: <view>`` with the
 view's data at once, then again whenever it changed (checked every ``TICKS[view]`` seconds),
@@ -15,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from celeriac.dashboard import data
 from celeriac.dashboard.pages import task_query
 from celeriac.dashboard.security import csrf_for, principal_of
+from celeriac.errors import MissingExtraError
 
 if TYPE_CHECKING:
     from celeriac.dashboard.monitor import Monitor
@@ -82,6 +84,19 @@ def session(request: Request) -> Response:
     return JSONResponse({"name": principal.name if principal else None,
                          "role": principal.role if principal else None,
                          "csrf": csrf_for(request)})  # fmt: skip
+
+
+def metrics(request: Request) -> Response:
+    """``GET /metrics``: queue depths and the dead-letter count in Prometheus' text format, for
+    every queue the dashboard knows (see ``Monitor.known_queues``), read from the broker now.
+    Needs the ``metrics`` extra; without it the answer is 501 and names what to install."""
+    try:
+        from celeriac import metrics as prometheus
+    except MissingExtraError as exc:
+        return PlainTextResponse(f"{exc}\n", status_code=501)
+    monitor: Monitor = request.app.state.monitor
+    body = prometheus.render(monitor.app, monitor.known_queues())
+    return Response(body, media_type=prometheus.CONTENT_TYPE)
 
 
 async def stream(request: Request) -> Response:

@@ -6,8 +6,9 @@
     GET  /tasks               tasks (filters)         data as JSON; /api/session: who you are
     GET  /tasks/{id}          one task                and your CSRF token
     GET  /queues              queues, dead letters GET /stream?view=...: live updates (SSE)
-    GET  /login, POST /login, POST /logout          POST /actions/{worker,task,redrive}
-    GET  /static/...          the page script and style sheet
+    GET  /login, POST /login, POST /logout          POST /actions/{worker,task,redrive,
+    GET  /static/...          the page script and        rate_limit}: what operators do
+                              style sheet          GET /metrics: for Prometheus
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def routes() -> list[Route | Mount]:
         Route("/api/tasks/{task_id}", api.endpoint("task")),
         Route("/api/session", api.session),
         Route("/stream", api.stream),
+        Route("/metrics", api.metrics),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

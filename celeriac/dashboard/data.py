@@ -15,6 +15,7 @@ from celeriac import states
 from celeriac.dashboard.masking import mask_repr, mask_value, parameter_names
 from celeriac.dashboard.monitor import DEAD_COUNT_LIMIT
 from celeriac.errors import MessageError
+from celeriac.limits import RATE_LIMIT_KEY
 from celeriac.message import decode
 from celeriac.monitor.state import TaskInfo
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from celeriac.transports.base import DeadLetter
 
 CHART_SECONDS = 120
+#: Task names whose stored rate limit the workers page looks up (one broker read each).
+LIMITS_SHOWN = 500
 PER_PAGE = 50
 TREE_NODES = 200
 
@@ -80,6 +83,21 @@ def workers(monitor: Monitor) -> list[dict[str, Any]]:
             })  # fmt: skip
     rows.sort(key=lambda row: (row["status"] != "online", row["hostname"]))
     return rows
+
+
+def registered(monitor: Monitor) -> list[str]:
+    """The names of the tasks that the workers asked so far can run."""
+    with monitor.lock:
+        details = list(monitor.samples.details.values())
+    return sorted({str(name) for found in details for name in found.get("registered") or []})
+
+
+def rate_limits(monitor: Monitor) -> list[dict[str, str]]:
+    """The cluster-wide rate limits stored by remote control, for the registered tasks."""
+    broker = monitor.app.broker
+    found = ((name, broker.get(RATE_LIMIT_KEY + name)) for name in registered(monitor))
+    return [{"task": name, "rate": rate.decode(errors="replace")}
+            for name, rate in islice(found, LIMITS_SHOWN) if rate is not None]  # fmt: skip
 
 
 # -- tasks -------------------------------------------------------------------------------------

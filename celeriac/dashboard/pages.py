@@ -38,8 +38,9 @@ def _page(request: Request, template: str, view: str, **context: Any) -> Respons
     query = urlencode([("view", view), *request.query_params.multi_items(),
                        *request.path_params.items()])  # fmt: skip
     stream = f"{base_path(request)}/stream?{query}"
-    note = flash(monitor.app, request.query_params.get("done", ""))
-    return render(request, template, {"view": view, "stream": stream, "note": note, **context})
+    note, refused = flash(monitor.app, request.query_params.get("done", ""))
+    return render(request, template, {"view": view, "stream": stream, "note": note,
+                                      "note_error": refused, **context})  # fmt: skip
 
 
 def overview(request: Request) -> Response:
@@ -49,7 +50,9 @@ def overview(request: Request) -> Response:
 
 
 def workers(request: Request) -> Response:
-    return _page(request, "workers.html", "workers", workers=data.workers(_monitor(request)))
+    monitor = _monitor(request)
+    return _page(request, "workers.html", "workers", workers=data.workers(monitor),
+                 task_names=data.registered(monitor), limits=data.rate_limits(monitor))  # fmt: skip
 
 
 def task_query(request: Request) -> data.TaskQuery:

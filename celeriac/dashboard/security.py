@@ -4,8 +4,9 @@
   page cannot reach the dashboard by pointing its own domain at 127.0.0.1); each is an operator.
 - With credentials: a session cookie from the login form, ``Authorization: Bearer <token>``,
   or HTTP Basic with a user's name and password. Without one, pages redirect to the login form
-  and the API and the live stream answer 401. Only the login form and the static files (the
-  dashboard's own JavaScript and CSS) are served to anyone.
+  and the API, the live stream and ``/metrics`` answer 401 (a Prometheus scraper sends
+  ``Authorization: Bearer <token>``; a read token will do). Only the login form and the static
+  files (the dashboard's own JavaScript and CSS) are served to anyone.
 - Every state-changing route is a POST that checks the operator role and a CSRF token (a
   form field or an ``X-CSRF-Token`` header) bound to the session; see ``actions.py``.
 - Every answer forbids inline script and framing; none allows other origins to read it.
@@ -164,10 +165,10 @@ def _public(path: str) -> bool:
 
 
 def _ask_login(request: Request) -> Response:
-    """A page asks for the login form; the API and the stream say 401."""
+    """A page asks for the login form; the API, the stream and the metrics say 401."""
     path = local_path(request.scope)
     wants_page = request.method == "GET" and "text/html" in request.headers.get("accept", "")
-    if wants_page and not path.startswith(("/api/", "/stream")):
+    if wants_page and not path.startswith(("/api/", "/stream", "/metrics")):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         url = f"{base_path(request)}/login?next={_quote(target)}"
         return RedirectResponse(url, status_code=303)

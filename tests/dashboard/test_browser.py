@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's headless Chromium, driven by Playwright), with real
 workers running: live counters and chart, a moving progress bar, revoking from the task page,
-markup in arguments shown as text. The pages' screenshots go to docs/screenshots/ when
-UPDATE_SCREENSHOTS=1 (elsewhere to a temporary folder, so a test run changes no file).
+markup in arguments shown as text, a rate limit set and cleared. The pages' screenshots go to
+docs/screenshots/ when UPDATE_SCREENSHOTS=1 (elsewhere to a temporary folder, so a test run
+changes no file).
 
 Without /usr/bin/chromium these tests are skipped, except under CI (CI=true), where they fail.
 """
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 from helpers import wait_until
+
+from celeriac.limits import RATE_LIMIT_KEY
 
 from .support import Project, Served, wait_for_task
 
@@ -212,3 +215,26 @@ def test_workers_and_queues_pages(page: Any, project: Project, shots: Path) -> N
     page.wait_for_selector("#note", timeout=SHOWN)
     assert f"Redrove {delivery.message_id}." in page.text_content("#note")
     assert broker.size("browser-q") == 1
+
+
+def test_set_and_clear_a_rate_limit_from_the_workers_page(page: Any, project: Project) -> None:
+    key, form = RATE_LIMIT_KEY + "dashproj.echo", "form.rate-limit"
+    try:
+        page.goto("/workers")
+        page.fill(f"{form} input[name=task]", "dashproj.echo")
+        page.fill(f"{form} input[name=rate]", "fast")
+        page.click(f"{form} button")
+        page.wait_for_selector("#note.error", timeout=SHOWN)
+        assert "Not done: bad rate 'fast'" in page.text_content("#note")
+        page.fill(f"{form} input[name=task]", "dashproj.echo")
+        page.fill(f"{form} input[name=rate]", "50/s")
+        page.click(f"{form} button")
+        page.wait_for_selector("#note:not(.error)", timeout=SHOWN)
+        assert "Rate limit of dashproj.echo set to 50/s" in page.text_content("#note")
+        assert project.app.broker.get(key) == b"50/s"
+        page.click("table.limits tr[data-key='dashproj.echo'] button")
+        shows(page, "#note", lambda text: "cleared" in (text or ""))
+        assert project.app.broker.get(key) is None
+        assert page.locator("table.limits").count() == 0
+    finally:
+        project.app.control.rate_limit("dashproj.echo", None)

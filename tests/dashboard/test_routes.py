@@ -31,7 +31,8 @@ pytestmark = pytest.mark.timeout(90)
 PAGES = ["/", "/workers", "/tasks", "/tasks/{id}", "/queues"]
 API = ["/api/overview", "/api/workers", "/api/tasks", "/api/tasks/{id}", "/api/queues",
        "/api/session"]  # fmt: skip
-POSTS = ["/actions/worker", "/actions/task", "/actions/redrive", "/logout"]
+METRICS = ["/metrics"]
+POSTS = ["/actions/worker", "/actions/task", "/actions/redrive", "/actions/rate_limit", "/logout"]
 PUBLIC = ["/login", "/static/dashboard.js", "/static/dashboard.css"]
 
 
@@ -47,12 +48,12 @@ def task_id(project: Project, open_dashboard: Served) -> str:
 def test_the_lists_above_name_every_route(project: Project) -> None:
     served = create_app(project.app, auth=Auth())
     paths = {getattr(route, "path", "") for route in served.routes}
-    listed = {p.replace("{id}", "{task_id}") for p in PAGES + API + POSTS}
+    listed = {p.replace("{id}", "{task_id}") for p in PAGES + API + METRICS + POSTS}
     listed |= {"/login", "/stream", "/static", "/actions/{kind}"}
     assert paths - {"/actions/{kind}"} <= listed | {"/static"}, paths - listed
 
 
-@pytest.mark.parametrize("path", PAGES + API)
+@pytest.mark.parametrize("path", PAGES + API + METRICS)
 def test_open_dashboard_serves_every_route(open_dashboard: Served, task_id: str, path: str) -> None:
     with open_dashboard.client() as client:
         answer = client.get(path.format(id=task_id))
@@ -80,7 +81,7 @@ def test_the_stream_sends_the_view_at_once(open_dashboard: Served, task_id: str)
             assert view != "task" or f'"uuid":"{task_id}"' in data
 
 
-@pytest.mark.parametrize("path", PAGES + API + ["/stream?view=overview"])
+@pytest.mark.parametrize("path", PAGES + API + METRICS + ["/stream?view=overview"])
 def test_secured_routes_need_credentials(secured_dashboard: Served, path: str) -> None:
     with secured_dashboard.client() as client:
         page = client.get(path.format(id="x"), headers={"accept": "text/html"})
