@@ -154,9 +154,7 @@ class Transport(abc.ABC):
     ) -> str:
         """Put ``body`` on ``queue``; return the message id."""
 
-    def publish_many(
-        self, items: Iterable[tuple[str, bytes, float | None, int]]
-    ) -> list[str]:
+    def publish_many(self, items: Iterable[tuple[str, bytes, float | None, int]]) -> list[str]:
         """Publish ``(queue, body, due, priority)`` items; engines batch this."""
         return [self.publish(q, b, due=d, priority=p) for q, b, d, p in items]
 

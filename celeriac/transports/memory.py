@@ -520,7 +520,6 @@ class MemoryTransport(Transport):
             self._broker.subscriptions.add(subscription)
         return subscription
 
-
     # -- limits ---------------------------------------------------------------------------------
 
     def publish_unique(

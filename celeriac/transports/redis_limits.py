@@ -2,7 +2,7 @@
 messages and unique keys (the contract is in ``base.py``). Each runs after ``LIB`` of
 ``redis_scripts.py``, and judges time by the server's clock.
 
-Key layout (``P`` is the prefix option), beside the queue keys of ``redis.py``::
+Key layout (``P`` is the prefix option), beside the queue keys of ``redis/__init__.py``::
 
     P limit:<k>          hash   free_at (ms: when the next turn is free), interval (as sent)
     P limit:<k>:turns    zset   claim -> ms: the turns reserved for deferred messages

@@ -1,7 +1,7 @@
 """The Lua scripts of the Redis engine: every state change that must be atomic is one script.
 
 The key layout and the meaning of each script's KEYS and ARGV are described beside each
-script and in ``celeriac/transports/redis.py``. Scripts judge time by the server's clock
+script and in ``celeriac/transports/redis/``. Scripts judge time by the server's clock
 (``redis.call('TIME')``), never the client's.
 """
 

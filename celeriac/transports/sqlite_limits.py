@@ -127,9 +127,7 @@ def acquire_slot(
     return None
 
 
-def renew_slot(
-    conn: sqlite3.Connection, key: str, holder: str, ttl: float, now: float
-) -> bool:
+def renew_slot(conn: sqlite3.Connection, key: str, holder: str, ttl: float, now: float) -> bool:
     """Renew one slot; False if it ran out (or was freed) meanwhile."""
     cursor = conn.execute(
         "UPDATE slots SET expires = ? WHERE key = ? AND holder = ? AND expires > ?",

@@ -1,0 +1,254 @@
+"""The Redis client of one process: made on first use and again after a fork, with its scripts.
+
+It reconnects with backoff (``retries``), turns redis-py's errors into ``TransportError``
+naming the server without its password, and checks the server's persistence settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import secrets
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from celeriac.errors import MissingExtraError, TransportError
+from celeriac.transports import redis_limits
+from celeriac.transports import redis_scripts as scripts
+from celeriac.transports.base import Transport
+
+try:
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.commands.core import Script
+    from redis.connection import ConnectionPool, parse_url
+    from redis.exceptions import RedisError
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise MissingExtraError(
+        "the Redis transport needs redis-py: pip install 'celeriac[redis]'"
+    ) from exc
+
+DEFAULT_PREFIX = "celeriac:"
+DEFAULT_SOCKET_TIMEOUT = 10.0
+DEFAULT_HEALTH_CHECK_INTERVAL = 30.0
+DEFAULT_RETRIES = 6
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T", bound="RedisBase")
+
+
+class Scripts:
+    """The Lua scripts, registered with one client (redis-py loads them on first use)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        def load(source: str) -> Script:
+            return client.register_script(scripts.LIB + source)
+
+        self.publish = load(scripts.PUBLISH)
+        self.claim = load(scripts.CLAIM)
+        self.complete = load(scripts.COMPLETE)
+        self.extend = load(scripts.EXTEND)
+        self.release = load(scripts.RELEASE)
+        self.retry = load(scripts.RETRY)
+        self.dead_letter = load(scripts.DEAD_LETTER)
+        self.redrive = load(scripts.REDRIVE)
+        self.purge = load(scripts.PURGE)
+        self.purge_dead = load(scripts.PURGE_DEAD)
+        self.incr = load(scripts.INCR)
+        # limits (redis_limits.py)
+        self.publish_unique = load(redis_limits.PUBLISH_UNIQUE)
+        self.defer = load(redis_limits.DEFER)
+        self.throttle = load(redis_limits.THROTTLE)
+        self.acquire_slot = load(redis_limits.ACQUIRE_SLOT)
+        self.renew_slots = load(redis_limits.RENEW_SLOTS)
+        self.release_slots = load(redis_limits.RELEASE_SLOTS)
+
+
+def translated(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P], R]:
+    """Turn redis-py's errors into ``TransportError`` naming the server (never the password)."""
+
+    @functools.wraps(method)
+    def wrapper(self: T, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except RedisError as exc:
+            raise TransportError(f"Redis broker {self.location}: {exc}") from exc
+
+    return wrapper
+
+
+class RedisBase(Transport):
+    """The options, this process's client and its scripts: what every part stands on."""
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        scheme, sep, rest = url.partition("://")
+        if scheme.lower() not in self.schemes or not sep:
+            raise TransportError(f"not a Redis URL: {url!r}")
+        self._client_url = scheme.lower() + "://" + rest
+        try:
+            parse_url(self._client_url)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise TransportError(f"not a usable Redis URL: {_masked(url)} ({exc})") from exc
+        self.location = _masked(url)
+        self.prefix = str(self.options.get("prefix", DEFAULT_PREFIX))
+        self.socket_timeout = float(self.options.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT))
+        self.retries = int(self.options.get("retries", DEFAULT_RETRIES))
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._redis: redis.Redis | None = None
+        self._scripts: Scripts | None = None
+
+    def _client(self) -> redis.Redis:
+        """This process's client, made on first use and again after a fork."""
+        client = self._redis
+        if client is None or self._pid != os.getpid():
+            client = self._connect()
+        return client
+
+    def _connect(self) -> redis.Redis:
+        """Make the client (no connection opens until the first command)."""
+        self._forget_parent()
+        with self._lock:
+            if self._redis is None:
+                client = redis.Redis.from_url(self._client_url, **self._client_options())
+                self._scripts, self._redis = Scripts(client), client
+            return self._redis
+
+    def _client_options(self) -> dict[str, Any]:
+        """redis-py keyword arguments from our options."""
+        kwargs: dict[str, Any] = {
+            # RESP2 whatever redis-py's default: our blocking exchanges read pub/sub replies
+            # as RESP2 arrays, and redis-py 5 to 8 then all answer the same way.
+            "protocol": 2,
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_timeout,
+            "health_check_interval": float(
+                self.options.get("health_check_interval", DEFAULT_HEALTH_CHECK_INTERVAL)
+            ),
+            # Reconnect, with backoff, when Redis restarted or a pooled connection went stale.
+            # Only connection errors: a timed-out command may have run, and must not run twice.
+            "retry": Retry(
+                ExponentialBackoff(cap=1.0, base=0.05),
+                self.retries,
+                supported_errors=(redis.exceptions.ConnectionError,),
+            ),
+        }
+        if self._client_url.startswith("rediss://"):
+            kwargs["ssl_cert_reqs"] = self.options.get("ssl_cert_reqs", "required")
+            if self.options.get("ssl_ca_certs"):
+                kwargs["ssl_ca_certs"] = self.options["ssl_ca_certs"]
+        return kwargs
+
+    def _script(self) -> Scripts:
+        """The scripts of this process's client."""
+        scripts = self._scripts
+        if scripts is None or self._pid != os.getpid():
+            self._connect()
+            scripts = self._scripts
+            assert scripts is not None
+        return scripts
+
+    @contextmanager
+    def _borrowed(self) -> Iterator[Any]:
+        """A pooled connection for a blocking exchange; dropped if the exchange fails.
+
+        Typed ``Any``: redis-py leaves the methods of its ``Connection`` unannotated.
+        """
+        pool = self._client().connection_pool
+        conn = _get_connection(pool)
+        try:
+            yield conn
+        except BaseException:
+            conn.disconnect()  # it may hold half a reply: never hand it back like that
+            raise
+        finally:
+            pool.release(conn)
+
+    def _forget_parent(self) -> None:
+        """After a fork, drop the parent's client and lock without touching them.
+
+        Its sockets stay with the parent, and one of its threads may have held the lock.
+        """
+        pid = os.getpid()
+        if self._pid != pid:
+            self._lock, self._redis, self._scripts, self._pid = threading.Lock(), None, None, pid
+
+    @translated
+    def instance_id(self) -> str | None:
+        """A random name stored in Redis at first use: a Redis that lost its data loses it."""
+        key = self.prefix + "instance"
+        client = self._client()
+        client.set(key, secrets.token_hex(8), nx=True)
+        value = client.get(key)
+        return value.decode() if isinstance(value, bytes) else None
+
+    @translated
+    def server_warnings(self) -> list[str]:
+        """Persistence off or an eviction policy: acknowledged work could be lost."""
+        client = self._client()
+        persistence: dict[str, Any] = client.info("persistence")
+        memory: dict[str, Any] = client.info("memory")
+        warnings = []
+        if not int(persistence.get("aof_enabled", 0)):
+            warnings.append(
+                f"Redis at {self.location} has appendonly off: a restart can lose queued "
+                "work; use appendonly yes and appendfsync always"
+            )
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if policy != "noeviction":
+            warnings.append(
+                f"Redis at {self.location} evicts keys (maxmemory-policy {policy}): queued "
+                "work can vanish under memory pressure; use noeviction"
+            )
+        return warnings
+
+    def close(self) -> None:
+        """Close this process's connections; they reopen on next use."""
+        self._forget_parent()
+        with self._lock:
+            if self._redis is not None:
+                self._redis.close()
+            self._redis, self._scripts = None, None
+
+    # -- key names ------------------------------------------------------------------------------
+
+    def _base(self, queue: str) -> str:
+        """The common start of a queue's keys; the hash tag keeps them in one cluster slot."""
+        return f"{self.prefix}{{{queue}}}:"
+
+    def _key(self, key: str) -> str:
+        """Where ``put`` stores ``key``; its notification channel has the same name."""
+        return f"{self.prefix}key:{key}"
+
+
+def ms(seconds: float) -> int:
+    """Whole milliseconds, rounded up so that nothing expires early, and at least one."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _masked(url: str) -> str:
+    """``url`` without its password (in the user part or the query), for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    query = [
+        (name, "***" if name == "password" else value)
+        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, safe="*")))
+
+
+def _get_connection(pool: ConnectionPool) -> Any:
+    """A connection from ``pool``; redis-py before 5.3 wants a command name."""
+    try:
+        return pool.get_connection()
+    except TypeError:  # pragma: no cover - old redis-py
+        return pool.get_connection("BLPOP")

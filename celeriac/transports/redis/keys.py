@@ -1,0 +1,84 @@
+"""The keys of the Redis engine (results, counters), and ``wait``, woken by pub/sub."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+from redis.exceptions import ResponseError
+
+from celeriac.transports.base import check_key, check_name
+from celeriac.transports.redis.connection import RedisBase, ms, translated
+
+
+class Keys(RedisBase):
+    """``P key:<k>`` strings; every write also publishes on a channel of the same name."""
+
+    @translated
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``, expiring after ``ttl`` seconds if given."""
+        check_key(key, value, ttl)
+        name = self._key(key)
+        with self._client().pipeline(transaction=False) as pipe:
+            pipe.set(name, value, px=None if ttl is None else ms(ttl))
+            pipe.publish(name, b"")  # wakes ``wait`` at once
+            pipe.execute()
+
+    @translated
+    def get(self, key: str) -> bytes | None:
+        """The value under ``key``, or ``None``."""
+        check_name("key", key)
+        return cast(bytes | None, self._client().get(self._key(key)))
+
+    @translated
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present."""
+        check_name("key", key)
+        self._client().delete(self._key(key))
+
+    @translated
+    def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Add ``amount`` to the integer under ``key`` (0 if absent); return the new value."""
+        check_key(key, b"", ttl)
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise TypeError(f"amount must be an int, not {type(amount).__name__}")
+        name = self._key(key)
+        ttl_ms = "0" if ttl is None else ms(ttl)
+        try:
+            return int(self._script().incr([name], [amount, ttl_ms, name]))
+        except ResponseError as exc:
+            if "not an integer" in str(exc):
+                raise ValueError(f"key {key!r} does not hold an integer") from None
+            raise
+
+    @translated
+    def wait(self, key: str, timeout: float | None = None) -> bytes | None:
+        """Block until ``key`` exists; return its value, or ``None`` after ``timeout``.
+
+        Subscribes to the key's channel (which every write publishes on) before looking, so a
+        write between the look and the wait still wakes us.
+        """
+        value = self.get(key)
+        if value is not None or (timeout is not None and timeout <= 0):
+            return value
+        deadline = None if timeout is None else time.monotonic() + timeout
+        channel = self._key(key)
+        with self._borrowed() as conn:
+            conn.send_command("SUBSCRIBE", channel)
+            conn.read_response()
+            while (value := self.get(key)) is None:
+                left = self.socket_timeout if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if conn.can_read(timeout=min(left, self.socket_timeout)):
+                    conn.read_response()
+            # No health check now: its PING would read our pending notifications as its reply.
+            conn.send_command("UNSUBSCRIBE", channel, check_health=False)
+            while _kind(conn.read_response()) != b"unsubscribe":
+                pass  # notifications that came in meanwhile; the pool gets a clean connection
+        return value
+
+
+def _kind(reply: Any) -> bytes | None:
+    """The kind of a pub/sub reply (``message``, ``unsubscribe``, ...)."""
+    return reply[0] if isinstance(reply, list) and reply else None

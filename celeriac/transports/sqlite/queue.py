@@ -1,0 +1,307 @@
+"""The queues of the SQLite engine: publish, fetch, and what a holder does with a delivery.
+
+A message row is in one of three states, each with its own partial index so that every hot
+query touches only the rows it needs, even with 100k messages queued:
+
+- ``ready``: deliverable now; claimed by one ``UPDATE ... RETURNING`` in priority, id order;
+- ``delayed``: due later; promoted to ready by the next fetch after its due time;
+- ``leased``: held by a consumer until ``lease_until``; taken back by a later fetch when the
+  lease runs out (at most once per ``reclaim_interval`` per transport object).
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from celeriac.transports.base import (
+    DEFAULT_LEASE,
+    Delivery,
+    Detail,
+    KeyWrite,
+    check_bytes,
+    check_detail,
+    check_due,
+    check_fetch,
+    check_key,
+    check_lease,
+    check_message,
+)
+from celeriac.transports.sqlite.dead_letters import DeadLetters
+from celeriac.transports.sqlite.schema import ACK, HISTORY_ADD, PUT, event_json, held_row
+
+_EXPIRED_EVENT = (
+    "json_insert(coalesce(history, '[]'), '$[#]',"
+    " json_object('at', :now, 'event', 'lease_expired', 'deliveries', deliveries))"
+)
+_BURY_EXPIRED = f"""
+    INSERT INTO dead_letters (id, queue, body, priority, reason, deliveries, dead_at, history)
+    SELECT id, queue, body, priority, 'lease_expired', deliveries, :now, {_EXPIRED_EVENT}
+    FROM messages WHERE state = 'leased' AND lease_until <= :now AND deliveries >= :max"""
+_EXTEND = "UPDATE messages SET lease_until = :until WHERE id = :id AND lease = :lease"
+_READY_ONE_QUEUE = """SELECT * FROM (
+    SELECT id, priority FROM messages WHERE state = 'ready' AND queue = ?
+    ORDER BY priority DESC, id LIMIT ?)"""
+
+
+@functools.lru_cache(maxsize=32)
+def _claim_sql(queue_count: int) -> str:
+    """The statement that leases the most urgent ready messages of ``queue_count`` queues.
+
+    Each queue is read through its own index range and the results merged, because
+    ``queue IN (...) ORDER BY`` would sort every ready message of those queues.
+    """
+    per_queue = " UNION ALL ".join([_READY_ONE_QUEUE] * queue_count)
+    return f"""
+        UPDATE messages
+        SET state = 'leased', lease = lower(hex(randomblob(16))), lease_until = ?,
+            deliveries = deliveries + 1
+        WHERE id IN (SELECT id FROM ({per_queue}) ORDER BY priority DESC, id LIMIT ?)
+        RETURNING id, queue, body, priority, deliveries, lease"""
+
+
+@functools.lru_cache(maxsize=32)
+def _peek_sql(queue_count: int) -> str:
+    """The query that tells whether any of ``queue_count`` queues has a ready message."""
+    marks = ", ".join("?" * queue_count)
+    return f"SELECT EXISTS (SELECT 1 FROM messages WHERE state = 'ready' AND queue IN ({marks}))"
+
+
+class Queues(DeadLetters):
+    """Message rows that move between ready, delayed and leased (see the module docstring)."""
+
+    def publish(
+        self, queue: str, body: bytes, *, due: float | None = None, priority: int = 0
+    ) -> str:
+        """Put ``body`` on ``queue``; return the message id."""
+        return self.publish_many([(queue, body, due, priority)])[0]
+
+    def publish_many(self, items: Iterable[tuple[str, bytes, float | None, int]]) -> list[str]:
+        """Publish ``(queue, body, due, priority)`` items in one transaction."""
+        batch = list(items)
+        for queue, body, due, priority in batch:
+            check_message(queue, body, due, priority)
+        if not batch:
+            return []
+        now = time.time()
+        ids: list[str] = []
+        with self._writing() as conn:
+            for queue, body, due, priority in batch:
+                when = now if due is None else due
+                cursor = conn.execute(
+                    "INSERT INTO messages (queue, body, priority, due, state)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (queue, body, priority, when, "ready" if when <= now else "delayed"),
+                )
+                ids.append(str(cursor.lastrowid))
+        return ids
+
+    def fetch(
+        self,
+        queues: Sequence[str],
+        limit: int = 1,
+        timeout: float = 0.0,
+        lease: float = DEFAULT_LEASE,
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` deliverable messages; wait up to ``timeout`` for the first."""
+        names = check_fetch(queues, limit, timeout, lease)
+        deadline = time.monotonic() + timeout
+        while True:
+            deliveries, wake_at, version = self._claim(names, limit, lease)
+            left = deadline - time.monotonic()
+            if deliveries or left <= 0:
+                return deliveries
+            if wake_at is not None:
+                left = min(left, max(wake_at - time.time(), 0.0))
+            self._wait_for_work(names, version, left)
+
+    def _claim(
+        self, queues: list[str], limit: int, lease: float
+    ) -> tuple[list[Delivery], float | None, tuple[int, int]]:
+        """One fetch attempt: deliveries, when to try again, and the database version seen."""
+        with self._writing() as conn:
+            now = time.time()
+            if now - self._reclaimed >= self.reclaim_interval:
+                self._reclaim(conn, now)
+                self._reclaimed = now
+            conn.execute(
+                "UPDATE messages SET state = 'ready' WHERE state = 'delayed' AND due <= ?", (now,)
+            )
+            params: list[Any] = [now + lease]
+            for queue in queues:
+                params += [queue, limit]
+            rows = conn.execute(_claim_sql(len(queues)), [*params, limit]).fetchall()
+            wake_at = None if rows else self._next_timer(conn)
+            # Read inside the write lock: no commit can slip between the claim and this.
+            version = (conn.execute("PRAGMA data_version").fetchone()[0], self._commits + 1)
+        rows.sort(key=lambda row: (-row[3], row[0]))
+        deliveries = [
+            Delivery(queue=q, body=b, message_id=str(i), lease=lz, deliveries=n, priority=p)
+            for i, q, b, p, n, lz in rows
+        ]
+        return deliveries, wake_at, version
+
+    def _reclaim(self, conn: sqlite3.Connection, now: float) -> None:
+        """Take back expired leases: dead-letter those out of deliveries, free the rest."""
+        params = {"now": now, "max": self.max_deliveries}
+        conn.execute(_BURY_EXPIRED, params)
+        conn.execute(
+            "DELETE FROM messages WHERE state = 'leased' AND lease_until <= :now"
+            " AND deliveries >= :max",
+            params,
+        )
+        conn.execute(
+            f"UPDATE messages SET state = 'ready', lease = NULL, lease_until = NULL,"
+            f" history = {_EXPIRED_EVENT} WHERE state = 'leased' AND lease_until <= :now",
+            params,
+        )
+
+    def _next_timer(self, conn: sqlite3.Connection) -> float | None:
+        """When a delayed message falls due or an expired lease can next be taken back."""
+        due, expiry = conn.execute(
+            "SELECT (SELECT min(due) FROM messages WHERE state = 'delayed'),"
+            " (SELECT min(lease_until) FROM messages WHERE state = 'leased')"
+        ).fetchone()
+        if expiry is not None:
+            expiry = max(expiry, self._reclaimed + self.reclaim_interval)
+        times = [t for t in (due, expiry) if t is not None]
+        return min(times) if times else None
+
+    def _wait_for_work(self, queues: list[str], version: tuple[int, int], seconds: float) -> None:
+        """Sleep up to ``seconds``, or until a commit makes work ready or moves a timer closer.
+
+        Polls ``PRAGMA data_version``, which changes when any other connection commits, and
+        only then reads; idle fetchers so leave the write lock to the processes that work.
+        """
+        end = time.monotonic() + seconds
+        pause = 0.0002
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, self.poll_interval)
+            with self._reading() as conn:
+                seen = (conn.execute("PRAGMA data_version").fetchone()[0], self._commits)
+                if seen == version:
+                    continue
+                version = seen
+                if conn.execute(_peek_sql(len(queues)), queues).fetchone()[0]:
+                    return
+                wake_at = self._next_timer(conn)
+            if wake_at is not None:
+                end = min(end, time.monotonic() + max(wake_at - time.time(), 0.0))
+
+    def ack(self, delivery: Delivery) -> bool:
+        """Delete a delivered message; ``False`` if the lease was lost."""
+        return self.ack_many([delivery])[0]
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Acknowledge several deliveries in one transaction."""
+        if not deliveries:
+            return []
+        done: list[bool] = []
+        with self._writing() as conn:
+            for delivery in deliveries:
+                held = held_row(delivery)
+                done.append(held is not None and conn.execute(ACK, held).rowcount == 1)
+        return done
+
+    def complete(self, items: Sequence[tuple[Delivery, KeyWrite | None]]) -> list[bool]:
+        """Acknowledge and store results in one transaction; a lost lease stores nothing."""
+        if not items:
+            return []
+        done: list[bool] = []
+        with self._writing() as conn:
+            now = time.time()
+            for delivery, write in items:
+                held = held_row(delivery)
+                ok = held is not None and conn.execute(ACK, held).rowcount == 1
+                if ok and write is not None:
+                    key, value, ttl = write
+                    check_key(key, value, ttl)
+                    conn.execute(PUT, (key, value, None if ttl is None else now + ttl))
+                done.append(ok)
+            self._sweep(conn, now)
+        return done
+
+    def release(
+        self, delivery: Delivery, reason: str | None = None, detail: Detail | None = None
+    ) -> bool:
+        """Give a delivery back; with ``reason`` it counts as a failed delivery."""
+        detail_json = check_detail(detail)
+        held = held_row(delivery)
+        if held is None:
+            return False
+        if reason is not None and delivery.deliveries >= self.max_deliveries:
+            return self._bury(held, reason, "released", delivery.deliveries, detail_json)
+        if reason is None:
+            sql = (
+                "UPDATE messages SET state = 'ready', lease = NULL, lease_until = NULL,"
+                " deliveries = deliveries - 1 WHERE id = :id AND lease = :lease"
+            )
+        else:
+            held["event"] = event_json("released", reason, delivery.deliveries, detail_json)
+            sql = (
+                "UPDATE messages SET state = 'ready', lease = NULL, lease_until = NULL,"
+                f" history = {HISTORY_ADD} WHERE id = :id AND lease = :lease"
+            )
+        with self._writing() as conn:
+            return conn.execute(sql, held).rowcount == 1
+
+    def retry(self, delivery: Delivery, due: float | None, body: bytes | None = None) -> bool:
+        """Put a delivered message back at ``due``, with a new body if given."""
+        if body is not None:
+            check_bytes("body", body)
+        check_due(due)
+        held = held_row(delivery)
+        if held is None:
+            return False
+        now = time.time()
+        when = now if due is None else due
+        held.update(due=when, body=body, state="ready" if when <= now else "delayed")
+        with self._writing() as conn:
+            return (
+                conn.execute(
+                    "UPDATE messages SET state = :state, due = :due,"
+                    " body = coalesce(:body, body), deliveries = 0, lease = NULL,"
+                    " lease_until = NULL WHERE id = :id AND lease = :lease",
+                    held,
+                ).rowcount
+                == 1
+            )
+
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[Delivery]:
+        """Renew leases for ``lease`` seconds from now; return those still held."""
+        check_lease(lease)
+        kept: list[Delivery] = []
+        with self._writing() as conn:
+            until = time.time() + lease
+            for delivery in deliveries:
+                held = held_row(delivery)
+                if held is not None and conn.execute(_EXTEND, {**held, "until": until}).rowcount:
+                    kept.append(delivery)
+        return kept
+
+    def size(self, queue: str) -> int:
+        """Messages on ``queue`` that are not acknowledged (ready, delayed or leased)."""
+        # One count per state, so that each is read through its partial index.
+        with self._reading() as conn:
+            count: int = conn.execute(
+                "SELECT (SELECT count(*) FROM messages WHERE state = 'ready' AND queue = :q)"
+                " + (SELECT count(*) FROM messages WHERE state = 'delayed' AND queue = :q)"
+                " + (SELECT count(*) FROM messages WHERE state = 'leased' AND queue = :q)",
+                {"q": queue},
+            ).fetchone()[0]
+        return count
+
+    def purge(self, queue: str) -> int:
+        """Delete the messages of ``queue`` that are not leased; return how many."""
+        with self._writing() as conn:
+            ready = conn.execute(
+                "DELETE FROM messages WHERE state = 'ready' AND queue = ?", (queue,)
+            ).rowcount
+            delayed = conn.execute(
+                "DELETE FROM messages WHERE state = 'delayed' AND queue = ?", (queue,)
+            ).rowcount
+        return ready + delayed
