@@ -342,6 +342,21 @@ def publish(app: Celeriac, prepared: list[Prepared]) -> None:
         signals.after_task_publish.send(sender=message.task, message=message)
 
 
+def publish_once(app: Celeriac, key: str, prepared: list[Prepared], ttl: float | None) -> bool:
+    """Publish like ``publish``, unless ``key`` is set on the broker; set it (atomically).
+
+    Returns whether the messages were published (False: someone published them before).
+    """
+    for message, body in prepared:
+        signals.before_task_publish.send(sender=message.task, message=message, body=body)
+    items = [(m.queue, body, m.due_timestamp(), m.priority) for m, body in prepared]
+    if app.broker.publish_once(key, items, ttl) is None:
+        return False
+    for message, _ in prepared:
+        signals.after_task_publish.send(sender=message.task, message=message)
+    return True
+
+
 # -- helpers -----------------------------------------------------------------------------
 
 

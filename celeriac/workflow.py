@@ -24,12 +24,13 @@ Chord accounting, per chord (group id G, header of n tasks), under transport key
 - ``celeriac-chord-G-count``: incremented after each put. It only triggers the check: at n or
   more, the parts are read, and the chord is complete when all n are there. A redelivered task
   counts twice; that only makes the check run again.
-- ``celeriac-chord-G-done``: incremented by whoever finds the chord complete (or a header task
-  failed); only the one that gets 1 sends the body (or stores the chord's failure).
-
-So the body runs once however often header tasks are redelivered. The one window left: a
-process killed between taking ``done`` and publishing the body loses the body (the keys have
-no compare-and-publish step to close it).
+- ``celeriac-chord-G-body``, on the broker: whoever finds the chord complete publishes the
+  body with ``publish_once`` under this key, which publishes and sets the key in one atomic
+  step unless the key exists. So the body is sent once however often header tasks run and
+  however many find the chord complete at the same moment, and a process that dies before
+  sending it leaves it to the header task's next run.
+- ``celeriac-chord-G-done``: on failure, incremented by each header task that finds the chord
+  failed; every one stores the chord's failure, only the one that gets 1 runs the errbacks.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from celeriac import states
+from celeriac.backend import meta_key
 from celeriac.canvas import chain
 from celeriac.errors import ChordError, TransportError
 from celeriac.result import EagerResult, GroupResult
-from celeriac.signature import Prepared, Signature, publish, signature
+from celeriac.signature import Prepared, Signature, publish, publish_once, signature
 from celeriac.task import Request
 
 if TYPE_CHECKING:
@@ -247,12 +249,10 @@ def _chord_part(app: Celeriac, message: Message, outcome: Outcome) -> None:
         values = [part.get("result") for part in parts]
     else:
         failed = meta
-    if keys.incr(_chord_key(group_id, "done"), 1, ttl) != 1:
-        return  # another run of a header task completed (or failed) the chord already
     if failed is None:
-        _send_body(app, message, body, values)
+        _send_body(app, message, body, values, _chord_key(group_id, "body"), ttl)
     else:
-        _fail_chord(app, message, body, failed)
+        _fail_chord(app, message, body, failed, _chord_key(group_id, "done"), ttl)
 
 
 def _read_parts(app: Celeriac, group_id: str, size: int) -> list[dict[str, Any]] | None:
@@ -267,21 +267,49 @@ def _read_parts(app: Celeriac, group_id: str, size: int) -> list[dict[str, Any]]
     return parts
 
 
-def _send_body(app: Celeriac, message: Message, body: dict[str, Any], values: list[Any]) -> None:
-    """Publish the chord's body with the header's results; store a failure if it cannot be."""
+def _send_body(
+    app: Celeriac,
+    message: Message,
+    body: dict[str, Any],
+    values: list[Any],
+    key: str,
+    ttl: float | None,
+) -> None:
+    """Publish the chord's body with the header's results, once per chord (``key``).
+
+    A body that cannot be built or encoded is stored as failed; a broker error propagates
+    (the header task runs again, and sends the body if no one else did).
+    """
     try:
-        publish(app, _start(app, body, (values,), _parent_ids(message)))
+        prepared = _start(app, body, (values,), _parent_ids(message))
     except Exception as exc:
         logger.exception("Task %s[%s]: the chord body could not be sent", *_who(message))
         _mark_failed(app, [body], exc, None)
+        return
+    publish_once(app, key, prepared, ttl)
 
 
 def _fail_chord(
-    app: Celeriac, message: Message, body: dict[str, Any], failed: dict[str, Any]
+    app: Celeriac,
+    message: Message,
+    body: dict[str, Any],
+    failed: dict[str, Any],
+    key: str,
+    ttl: float | None,
 ) -> None:
-    """Store the chord's failure for the body's tasks and run the body's errbacks."""
+    """Store the chord's failure for the body's tasks and run its errbacks, once.
+
+    The first header task to count itself at ``key`` does both. A later one stores the
+    failure only if none is stored yet: the first may have died before storing it (its
+    errbacks are then lost, never the failure a client waits for).
+    """
     error = _chord_error(message.group, failed)
     tb = failed.get("traceback")
+    if app.results.transport.incr(key, 1, ttl) != 1:
+        stored = [app.results.transport.get(meta_key(i)) for i in _leaf_ids(body, app)[:1]]
+        if None in stored:
+            _mark_failed(app, [body], error, tb)
+        return
     _mark_failed(app, [body], error, tb)
     request = _body_request(signature(body, app=app), message)
     run_errbacks(app, _errbacks_of(body, app), request, error, tb)

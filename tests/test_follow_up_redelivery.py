@@ -92,3 +92,55 @@ def test_a_chord_part_that_cannot_be_recorded_runs_again(
     assert _ledger(ledger, "body") == ["body 1"]  # once
     assert _ledger(ledger, "part") == ["part 1", "part 1"]  # the header task ran again
     assert "chord accounting failed; the task will run again" in worker.log()
+
+
+DYING = """
+    import os
+
+    from celeriac import Celeriac, signals
+
+    app = Celeriac("dying_proc", broker={broker!r})
+    LEDGER = {ledger!r}
+
+
+    def note(line):
+        with open(LEDGER, "a") as handle:
+            handle.write(line + "\\n")
+
+
+    @signals.before_task_publish.connect
+    def die_before_the_first_body(sender=None, **_):
+        # The window between finding the chord complete and publishing its body.
+        if sender == "dying_proc.tsum" and not os.path.exists(LEDGER + ".died"):
+            open(LEDGER + ".died", "w").close()
+            os._exit(1)
+
+
+    @app.task
+    def part(index):
+        note(f"part {{index}}")
+        return index
+
+
+    @app.task
+    def tsum(values):
+        note(f"body {{sum(values)}}")
+        return sum(values)
+"""
+
+
+def test_a_process_that_dies_before_sending_the_body_leaves_it_to_the_next_run(
+    tmp_path: Path, start_worker_process: StartWorker, no_celeriac_env: None
+) -> None:
+    broker, ledger = sqlite_url(tmp_path / "broker.sqlite3"), tmp_path / "ledger.txt"
+    write_module(tmp_path, "dying_proc", DYING.format(broker=broker, ledger=str(ledger)))
+    app = Celeriac("producer", broker=broker)
+    worker = start_worker_process("dying_proc", "-P", "prefork", "-c", "1")
+    header = [signature("dying_proc.part", (index,), app=app) for index in range(3)]
+    body = chord(header, signature("dying_proc.tsum", app=app)).apply_async()
+    assert body.get(timeout=30) == 3
+    assert (tmp_path / "ledger.txt.died").exists()  # the first try died in the window
+    assert "died" in worker.log()
+    assert _ledger(ledger, "body") == ["body 3"]  # sent by the header task's next run, once
+    assert len(_ledger(ledger, "part")) == 4  # the last header task ran again
+    app.close()

@@ -32,6 +32,10 @@ Queues with leases
 Keys
     ``put`` (with an optional time to live), ``get``, ``delete``, ``incr`` and ``wait``, which
     blocks until a key exists (results, chord counters, revocations, control replies).
+    ``publish_once(key, items, ttl)`` publishes a batch and sets ``key`` in one atomic step,
+    unless ``key`` exists: ``None`` then, and nothing is published. A chord's body is sent
+    this way, so the header tasks that find the chord complete send it once between them,
+    and a process that dies before sending it leaves it to the next.
 
 Topics
     ``broadcast`` appends to a topic; ``listen`` returns a subscription that yields what is
@@ -157,6 +161,18 @@ class Transport(abc.ABC):
     def publish_many(self, items: Iterable[tuple[str, bytes, float | None, int]]) -> list[str]:
         """Publish ``(queue, body, due, priority)`` items; engines batch this."""
         return [self.publish(q, b, due=d, priority=p) for q, b, d, p in items]
+
+    @abc.abstractmethod
+    def publish_once(
+        self,
+        key: str,
+        items: Sequence[tuple[str, bytes, float | None, int]],
+        ttl: float | None = None,
+    ) -> list[str] | None:
+        """Publish ``items`` and set ``key`` (for ``ttl`` seconds) unless ``key`` exists.
+
+        Returns the new message ids, or ``None`` (nothing published) when ``key`` exists.
+        """
 
     @abc.abstractmethod
     def fetch(

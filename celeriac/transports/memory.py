@@ -451,6 +451,24 @@ class MemoryTransport(Transport):
 
     # -- keys -----------------------------------------------------------------------------------
 
+    def publish_once(
+        self,
+        key: str,
+        items: Sequence[tuple[str, bytes, float | None, int]],
+        ttl: float | None = None,
+    ) -> list[str] | None:
+        """Publish ``items`` and set ``key`` (for ``ttl`` seconds) unless ``key`` exists."""
+        check_key(key, b"1", ttl)
+        now = time.time()
+        with self._broker.cond:
+            self._broker.sweep_keys(now)
+            if self._broker.live_value(key, now) is not None:
+                return None
+            ids = self.publish_many(items)  # checks every item before publishing any
+            self._broker.keys[key] = (b"1", None if ttl is None else now + ttl)
+            self._broker.cond.notify_all()
+            return ids
+
     def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``, expiring after ``ttl`` seconds if given."""
         check_key(key, value, ttl)

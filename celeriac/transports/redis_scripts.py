@@ -76,27 +76,48 @@ end
 """
 )
 
-# KEYS: ids, then per item ready, delayed, wake. ARGV per item: base, body, priority, due ms
-# ('' for now). Returns the new ids.
-PUBLISH = r"""
-local _, now_ms = clock()
-local ids = {}
-for i = 1, (#KEYS - 1) / 3 do
-  local k, a = 1 + (i - 1) * 3, (i - 1) * 4
-  local id = redis.call('INCR', KEYS[1])
-  local msg = ARGV[a + 1] .. 'm:' .. id
-  redis.call('HSET', msg, 'body', ARGV[a + 2], 'priority', ARGV[a + 3], 'deliveries', 0)
-  local due = ARGV[a + 4]
-  if due ~= '' and tonumber(due) > now_ms then
-    redis.call('ZADD', KEYS[k + 2], due, id)
-  else
-    redis.call('ZADD', KEYS[k + 1], score(ARGV[a + 3], id), id)
+# From KEYS[k0]: ids, then per item ready, delayed, wake. From ARGV[a0 + 1], per item: base,
+# body, priority, due ms ('' for now). Returns the new ids.
+_PUBLISH_ITEMS = r"""
+local function publish_items(k0, a0)
+  local _, now_ms = clock()
+  local ids = {}
+  for i = 1, (#KEYS - k0) / 3 do
+    local k, a = k0 + (i - 1) * 3, a0 + (i - 1) * 4
+    local id = redis.call('INCR', KEYS[k0])
+    local msg = ARGV[a + 1] .. 'm:' .. id
+    redis.call('HSET', msg, 'body', ARGV[a + 2], 'priority', ARGV[a + 3], 'deliveries', 0)
+    local due = ARGV[a + 4]
+    if due ~= '' and tonumber(due) > now_ms then
+      redis.call('ZADD', KEYS[k + 2], due, id)
+    else
+      redis.call('ZADD', KEYS[k + 1], score(ARGV[a + 3], id), id)
+    end
+    notify(KEYS[k + 3])
+    ids[i] = id
   end
-  notify(KEYS[k + 3])
-  ids[i] = id
+  return ids
 end
-return ids
 """
+
+# KEYS and ARGV: as publish_items reads them, from the start.
+PUBLISH = _PUBLISH_ITEMS + "return publish_items(1, 0)\n"
+
+# KEYS: the once key, then PUBLISH's. ARGV: ttl ms ('0': none), then PUBLISH's.
+# Returns false (the key exists: nothing published) or the new ids.
+PUBLISH_ONCE = (
+    _PUBLISH_ITEMS
+    + r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if ARGV[1] == '0' then
+  redis.call('SET', KEYS[1], '1')
+else
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], '')
+return publish_items(2, 1)
+"""
+)
 
 # KEYS: per queue ready, delayed, leased, wake; then dead. ARGV: limit, lease ms, max deliveries,
 # token prefix, dead prefix, timer batch, then per queue: name, base.

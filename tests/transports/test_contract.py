@@ -333,6 +333,51 @@ def test_concurrent_incr_adds_up(make_transport: MakeTransport) -> None:
     assert shared.get("counter") == b"300"
 
 
+def test_publish_once_publishes_a_batch_once_per_key(transport: Transport) -> None:
+    items = [(Q, b"one", None, 0), (Q, b"two", time.time() + 60, 5)]
+    ids = transport.publish_once("sent", items, ttl=60)
+    assert ids is not None and len(set(ids)) == 2
+    assert transport.get("sent") == b"1"
+    assert transport.publish_once("sent", [(Q, b"again", None, 0)], ttl=60) is None
+    assert transport.size(Q) == 2  # ready and delayed, nothing more
+    assert fetch_one(transport).body == b"one"
+
+
+def test_publish_once_again_after_the_key_expires(transport: Transport) -> None:
+    assert transport.publish_once("brief", [(Q, b"first", None, 0)], ttl=0.2)
+    time.sleep(0.3)
+    assert transport.publish_once("brief", [(Q, b"second", None, 0)], ttl=0.2)
+    assert transport.size(Q) == 2
+    assert transport.publish_once("forever", [], ttl=None) == []  # no items: sets the key
+    assert transport.publish_once("forever", [(Q, b"x", None, 0)]) is None
+
+
+def test_publish_once_races_to_one_winner(make_transport: MakeTransport) -> None:
+    clients = [make_transport() for _ in range(4)]
+    won: list[list[str] | None] = []
+
+    def race(client: Transport, name: str) -> None:
+        won.append(client.publish_once("race", [(Q, name.encode(), None, 0)], ttl=60))
+
+    threads = [threading.Thread(target=race, args=(c, f"c{i}")) for i, c in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(result is not None for result in won) == 1
+    assert clients[0].size(Q) == 1
+
+
+def test_publish_once_checks_everything_before_publishing(transport: Transport) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        transport.publish_once("", [(Q, b"x", None, 0)])
+    with pytest.raises((TypeError, ValueError)):
+        transport.publish_once("k", [(Q, b"fine", None, 0), (Q, "not bytes", None, 0)])  # type: ignore[list-item]
+    with pytest.raises((TypeError, ValueError)):
+        transport.publish_once("k", [(Q, b"x", None, 0)], ttl=-1)
+    assert transport.size(Q) == 0 and transport.get("k") is None  # nothing half done
+
+
 def test_wait_returns_when_another_thread_puts_the_key(make_transport: MakeTransport) -> None:
     waiter, writer = make_transport(), make_transport()
     start = time.monotonic()

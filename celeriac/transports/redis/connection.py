@@ -51,6 +51,7 @@ class Scripts:
             return client.register_script(scripts.LIB + source)
 
         self.publish = load(scripts.PUBLISH)
+        self.publish_once = load(scripts.PUBLISH_ONCE)
         self.claim = load(scripts.CLAIM)
         self.complete = load(scripts.COMPLETE)
         self.extend = load(scripts.EXTEND)

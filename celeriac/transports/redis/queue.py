@@ -79,6 +79,23 @@ class Queues(RedisBase):
                 scripts.publish(keys, args, client=pipe)
             return [str(i) for ids in pipe.execute() for i in ids]
 
+    @translated
+    def publish_once(
+        self,
+        key: str,
+        items: Sequence[tuple[str, bytes, float | None, int]],
+        ttl: float | None = None,
+    ) -> list[str] | None:
+        """Publish ``items`` and set ``key`` (for ``ttl`` seconds) unless ``key`` exists."""
+        check_key(key, b"1", ttl)
+        batch = list(items)
+        for queue, body, due, priority in batch:
+            check_message(queue, body, due, priority)
+        keys, args = self._publish_args(batch)
+        ttl_ms = "0" if ttl is None else ms(ttl)
+        ids = self._script().publish_once([self._key(key), *keys], [ttl_ms, *args])
+        return None if ids is None else [str(i) for i in ids]
+
     def _publish_args(
         self, chunk: list[tuple[str, bytes, float | None, int]]
     ) -> tuple[list[str], list[Any]]:

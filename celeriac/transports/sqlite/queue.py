@@ -86,18 +86,30 @@ class Queues(DeadLetters):
             check_message(queue, body, due, priority)
         if not batch:
             return []
-        now = time.time()
-        ids: list[str] = []
         with self._writing() as conn:
-            for queue, body, due, priority in batch:
-                when = now if due is None else due
-                cursor = conn.execute(
-                    "INSERT INTO messages (queue, body, priority, due, state)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (queue, body, priority, when, "ready" if when <= now else "delayed"),
-                )
-                ids.append(str(cursor.lastrowid))
-        return ids
+            return _insert(conn, batch, time.time())
+
+    def publish_once(
+        self,
+        key: str,
+        items: Sequence[tuple[str, bytes, float | None, int]],
+        ttl: float | None = None,
+    ) -> list[str] | None:
+        """Publish ``items`` and set ``key`` (for ``ttl`` seconds) unless ``key`` exists."""
+        check_key(key, b"1", ttl)
+        batch = list(items)
+        for queue, body, due, priority in batch:
+            check_message(queue, body, due, priority)
+        with self._writing() as conn:
+            now = time.time()
+            taken = conn.execute(
+                "SELECT 1 FROM keys WHERE key = ? AND (expires IS NULL OR expires > ?)",
+                (key, now),
+            ).fetchone()
+            if taken:
+                return None
+            conn.execute(PUT, (key, b"1", None if ttl is None else now + ttl))
+            return _insert(conn, batch, now)
 
     def fetch(
         self,
@@ -305,3 +317,18 @@ class Queues(DeadLetters):
                 "DELETE FROM messages WHERE state = 'delayed' AND queue = ?", (queue,)
             ).rowcount
         return ready + delayed
+
+
+def _insert(
+    conn: sqlite3.Connection, batch: list[tuple[str, bytes, float | None, int]], now: float
+) -> list[str]:
+    """Insert checked messages (in the caller's transaction); their ids."""
+    ids: list[str] = []
+    for queue, body, due, priority in batch:
+        when = now if due is None else due
+        cursor = conn.execute(
+            "INSERT INTO messages (queue, body, priority, due, state) VALUES (?, ?, ?, ?, ?)",
+            (queue, body, priority, when, "ready" if when <= now else "delayed"),
+        )
+        ids.append(str(cursor.lastrowid))
+    return ids
