@@ -324,6 +324,18 @@ def test_state_keeps_a_finished_task_finished_when_older_events_come_late() -> N
     assert (state.tasks["a"].state, state.tasks["a"].name) == (states.SUCCESS, "t.add")
 
 
+def test_state_keeps_a_finished_task_finished_when_its_sent_event_is_stamped_later() -> None:
+    """A client stamps task-sent after publishing; a quick worker can finish the task first."""
+    state = State()
+    for kind, at in [("task-received", 1.0), ("task-succeeded", 1.2), ("task-sent", 1.5)]:
+        state.event({"type": kind, "uuid": "a", "timestamp": at, "hostname": "w1"})
+    assert state.tasks["a"].state == states.SUCCESS
+    assert state.tasks["a"].sent == 1.5
+    state.event({"type": "task-sent", "uuid": "b", "timestamp": 1.0})
+    state.event({"type": "task-received", "uuid": "b", "timestamp": 0.9, "hostname": "w1"})
+    assert state.tasks["b"].state == states.RECEIVED  # later in life, though stamped earlier
+
+
 def test_state_follows_a_retry_and_a_custom_state() -> None:
     state = State()
     for kind, at, extra in [

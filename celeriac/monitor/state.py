@@ -205,7 +205,11 @@ def _moves(task: TaskInfo, new_state: str, stamp: float) -> bool:
 
     A newer event moves it (a retried task is received again); an older one only if it
     stands later in a task's life and the task is not finished (events from two hosts).
+    Except ``task-sent``: a client stamps it after publishing, so a worker may have received,
+    run and finished the task first; it only moves a task that is waiting or retrying.
     """
+    if new_state == states.PENDING and task.state not in (states.PENDING, states.RETRY):
+        return False
     if stamp >= task.timestamp:
         return True
     if task.state in states.READY_STATES:
