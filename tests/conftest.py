@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CELERIAC_ENV, WorkerProcess
+from helpers import CELERIAC_ENV, WorkerProcess, sqlite_url
+from redis_server import RedisServer
 
 from celeriac import Celeriac
 from celeriac.testing import WorkerThread, start_worker
@@ -90,3 +91,23 @@ def start_worker_process(tmp_path: Path) -> Iterator[StartWorker]:
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for a test module's Redis tests (skipped without it, failed under CI)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh broker of each engine: a new SQLite file, or an emptied Redis database."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "broker.sqlite3")
+    server: RedisServer = request.getfixturevalue("redis_server")
+    import redis  # the dev extra has it; only the Redis tests need it
+
+    with redis.Redis.from_url(server.url) as client:
+        client.flushdb()
+    return server.url

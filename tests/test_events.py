@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import StartWorker
-from helpers import sqlite_url, wait_until, write_module
-from redis_server import RedisServer
+from helpers import wait_until, write_module
 
 from celeriac import Celeriac, Reject, states
 from celeriac.events import (
@@ -398,26 +397,10 @@ TASKS = """
 """
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for this module's Redis tests (skipped without it, failed under CI)."""
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def client(
-    request: pytest.FixtureRequest, tmp_path: Path, no_celeriac_env: None
-) -> Iterator[Celeriac]:
+@pytest.fixture
+def client(tmp_path: Path, engine_url: str, no_celeriac_env: None) -> Iterator[Celeriac]:
     """A client of a fresh broker of each engine, and the task module ``evproc`` on it."""
-    if request.param == "sqlite":
-        url = sqlite_url(tmp_path / "broker.sqlite3")
-    else:
-        url = request.getfixturevalue("redis_server").url
-        import redis  # the dev extra has it
-
-        with redis.Redis.from_url(url) as connection:
-            connection.flushdb()
+    url = engine_url
     write_module(tmp_path, "evproc", TASKS.format(url=url))
     application = Celeriac("client", broker=url)
     yield application

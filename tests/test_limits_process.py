@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import StartWorker
-from helpers import run_cli, sqlite_url, wait_until, write_module
-from redis_server import RedisServer
+from helpers import run_cli, wait_until, write_module
 
 from celeriac import Celeriac, TaskError
 
@@ -84,26 +83,6 @@ TASKS = """
 """
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for this module's Redis tests (skipped without it, failed under CI)."""
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh broker of each engine: a new SQLite file, or an emptied Redis database."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path / "broker.sqlite3")
-    server: RedisServer = request.getfixturevalue("redis_server")
-    import redis  # the dev extra has it
-
-    with redis.Redis.from_url(server.url) as client:
-        client.flushdb()
-    return server.url
-
-
 @pytest.fixture
 def ledger(tmp_path: Path) -> Path:
     return tmp_path / "ledger.txt"
@@ -111,11 +90,11 @@ def ledger(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def producer(
-    tmp_path: Path, broker_url: str, ledger: Path, no_celeriac_env: None
+    tmp_path: Path, engine_url: str, ledger: Path, no_celeriac_env: None
 ) -> Iterator[Celeriac]:
     """Writes the task module into tmp_path; the client app on the same broker."""
-    write_module(tmp_path, MODULE, TASKS.format(url=broker_url, ledger=str(ledger)))
-    app = Celeriac("producer", broker=broker_url)
+    write_module(tmp_path, MODULE, TASKS.format(url=engine_url, ledger=str(ledger)))
+    app = Celeriac("producer", broker=engine_url)
     yield app
     app.close()
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from helpers import WorkerProcess, clean_env, run_cli, sqlite_url, wait_until, write_module
 from prometheus_client.parser import text_string_to_metric_families
-from redis_server import RedisServer
 
 from celeriac import Celeriac
 from celeriac.metrics import CONTENT_TYPE, render
@@ -94,12 +93,6 @@ def scrape(url: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
