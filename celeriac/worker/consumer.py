@@ -3,8 +3,9 @@
 Three threads in the worker process share the work:
 
 - the fetcher takes deliveries from the broker while there is room in the prefetch budget;
-- the lease keeper renews the leases of everything held, on its own schedule, so that a
-  busy main loop cannot let a lease lapse;
+- the lease keeper (``celeriac.worker.leases``) renews the leases of everything held, on its
+  own schedule, so that a busy main loop cannot let a lease lapse; for pools that run tasks
+  in this process, through a helper process that a task holding the GIL cannot starve;
 - the main loop (``run``) validates what was fetched, hands jobs to idle pool slots and
   finishes what the pool reports: store the result, then ack / retry / dead-letter.
 """
@@ -36,6 +37,7 @@ from celeriac.transports.base import DEFAULT_LEASE, Delivery, KeyWrite
 from celeriac.worker.control import RevokedSet, WorkerControl
 from celeriac.worker.execute import JobDone
 from celeriac.worker.finisher import Finisher
+from celeriac.worker.leases import LeaseKeeper
 from celeriac.worker.limits import Limits, Slot
 from celeriac.worker.pools import Event, Job, Pool
 from celeriac.workflow import after_outcome
@@ -72,7 +74,9 @@ class Consumer:
         queues: list[str],
         hostname: str,
         autoscaler: Autoscaler | None = None,
+        lease_helper: bool = False,
     ) -> None:
+        """``lease_helper``: renew leases from a helper process (tasks run in this one)."""
         self.app = app
         self.autoscaler = autoscaler
         self.pool = pool
@@ -93,11 +97,10 @@ class Consumer:
         self._room = threading.Event()
         self._next_id = 0
         self.stopping = threading.Event()
-        #: set by close(): leases are renewed until then, through a graceful shutdown
-        self.closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self.finisher = Finisher(app)
         self.limits = Limits(app, hostname, self.lease)  # rate and concurrency limits
+        self.leases = LeaseKeeper(app, self.lease, self, helper=lease_helper)
         # monitoring and control (celeriac.worker.control): set up by start()
         self.revoked = RevokedSet()
         self.task_events: TaskEvents | None = None  # only when task events are on (-E)
@@ -109,14 +112,14 @@ class Consumer:
     # -- the threads ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start remote control, the fetcher, the lease keeper and the finisher."""
+        """Start remote control, the lease keeper, the finisher and the fetcher."""
         self.control = WorkerControl(self)  # revocations loaded before the first fetch
         self.control.start()
+        self.leases.start()
         self.finisher.start()
-        for target, name in ((self._fetch_loop, "fetcher"), (self._lease_loop, "lease-keeper")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        thread = threading.Thread(target=self._fetch_loop, name="fetcher", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def _fetch_loop(self) -> None:
         broker = self.app.broker
@@ -137,49 +140,8 @@ class Consumer:
             if deliveries:
                 with self._held_lock:
                     self._held += len(deliveries)
+                self.leases.hold(deliveries)  # renewed from now on, before anything can start
                 self.events.put(("fetched", deliveries))
-
-    def _lease_loop(self) -> None:
-        broker = self.app.broker
-        known = self._broker_instance(None)
-        while not self.closed.wait(self.lease / 3):
-            known = self._broker_instance(known)
-            self._renew_slots()
-            held = [item.delivery for item in list(self.inflight.values()) if not item.acked]
-            if not held:
-                continue
-            try:
-                kept = {d.lease for d in broker.extend(held, self.lease)}
-            except Exception:
-                logger.exception("renewing leases failed")
-                continue
-            if self.metrics is not None:
-                self.metrics.leases(len(kept), len(held) - len(kept))
-            for delivery in held:
-                if delivery.lease not in kept:
-                    logger.warning("lease lost on message %s", delivery.message_id)
-
-    def _renew_slots(self) -> None:
-        """Renew the concurrency slots of held tasks, acknowledged early or not."""
-        slots = [item.slot for item in list(self.inflight.values()) if item.slot is not None]
-        try:
-            self.limits.renew(slots)
-        except Exception:
-            logger.exception("renewing concurrency slots failed")
-
-    def _broker_instance(self, known: str | None) -> str | None:
-        """Report a broker that lost its state (a Redis restarted without persistence)."""
-        try:
-            current = self.app.broker.instance_id()
-        except Exception:
-            return known  # the broker is away; the transport reconnects
-        if known is not None and current != known:
-            logger.error(
-                "The broker %s lost its state (restarted without persistence?): work queued "
-                "before is gone; %d task(s) held here will be stored but cannot be acknowledged",
-                self.app.broker_url, len(self.inflight),
-            )  # fmt: skip
-        return current
 
     # -- the main loop --------------------------------------------------------------------
 
@@ -212,6 +174,9 @@ class Consumer:
             self.autoscaler.step(len(self.inflight) - self.pool.backlog())
 
     def _handle(self, batch: list[Event]) -> None:
+        for event in batch:
+            if event[0] == "fetched":
+                self.leases.arrived(event[1])  # from here on, held only while in inflight
         finished: list[JobDone] = []
         for event in batch:
             kind = event[0]
@@ -226,6 +191,7 @@ class Consumer:
         if finished:
             self._finish(finished)
         self.limits.flush()  # slots of the tasks that ended in this batch
+        self.leases.update(self.inflight.values())  # stop renewing what ended
 
     def _submit(self, job_id: int) -> None:
         """Hand a job to the pool, which starts it as soon as a slot is free."""
@@ -280,6 +246,8 @@ class Consumer:
                 self.task_events.received(message)
             self._next_id += 1
             self.inflight[self._next_id] = Inflight(delivery, message, delivery.body, slot=slot)
+            if slot is not None:
+                self.leases.hold_slot(slot)  # renewed with the lease, from before it starts
             self._submit(self._next_id)
 
     def _admit(self, delivery: Delivery, message: Message) -> tuple[bool, Slot | None]:
@@ -524,8 +492,8 @@ class Consumer:
 
     def close(self) -> None:
         """Write the last results and acknowledgements; call once the pool has stopped."""
-        self.closed.set()
         self.finisher.stop()
+        self.leases.close()  # renewed through a graceful shutdown, until the last ack
         if self.control is not None:
             self.control.stop()  # worker-offline, and the last events
 
@@ -537,6 +505,7 @@ class Consumer:
                 self.app.broker.release(item.delivery, reason=reason)
         self.inflight.clear()
         self.limits.flush()
+        self.leases.update(())
 
     def stats(self) -> dict[str, Any]:
         """Counters for logs and monitoring."""

@@ -10,11 +10,11 @@ Before a fetched message of a limited task gets a pool slot (``Limits.admit``):
    back, without asking again. A backlog so waits in the broker's delayed set, each message
    touched twice, and no worker sleeps on it or polls for it.
 2. Concurrency limit: the message takes one of the key's slots (``Transport.acquire_slot``),
-   held under its lease token and renewed with the leases, so that the slot of a worker that
-   was SIGKILLed runs out within one lease period. With no slot free it goes back to the
-   broker to wait for one (``defer(..., waiting_on=key)``): a finished task releases its
-   slot and wakes the longest-waiting message at once; the soonest expiry of a slot is the
-   latest time it looks again, in case a holder died.
+   held under its lease token and renewed with the leases (``celeriac.worker.leases``), so
+   that the slot of a worker that was SIGKILLed runs out within one lease period. With no
+   slot free it goes back to the broker to wait for one (``defer(..., waiting_on=key)``): a
+   finished task releases its slot and wakes the longest-waiting message at once; the
+   soonest expiry of a slot is the latest time it looks again, in case a holder died.
 
 The rate in force is, first to last: one set for this worker alone by remote control, one set
 for every worker by remote control (stored in the broker, read again every ``REFRESH``
@@ -155,11 +155,3 @@ class Limits:
         except Exception:
             logger.exception("releasing %d concurrency slot(s) failed; they run out by "
                              "themselves within %ss", len(slots), self.lease)  # fmt: skip
-
-    def renew(self, slots: list[Slot]) -> None:
-        """Renew the slots of running tasks (called with the lease renewals)."""
-        if not slots:
-            return
-        for slot, held in zip(slots, self.app.broker.renew_slots(slots, self.lease), strict=True):
-            if not held:
-                logger.warning("concurrency slot %s ran out while its task ran", slot[0])

@@ -109,8 +109,9 @@ class Worker:
         events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         pool = create_pool(self.pool_kind, self.app, self.concurrency, self.hostname, events)
         scaler = Autoscaler(pool, *self.autoscale) if self.autoscale else None
+        in_process = self.pool_kind != "prefork"  # tasks run here: they could starve a thread
         consumer = self.consumer = Consumer(
-            self.app, pool, events, self.queues, self.hostname, scaler
+            self.app, pool, events, self.queues, self.hostname, scaler, lease_helper=in_process
         )
         metrics_url = self._serve_metrics(consumer)  # before the pool: a taken port fails now
         print(self.banner(), file=sys.stderr if self.logfile is None else sys.stdout, flush=True)

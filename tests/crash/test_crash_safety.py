@@ -208,9 +208,9 @@ class Cluster:
         worker.stop()
         return fault
 
-    def freeze(self, worker: WorkerProcess) -> Fault:
-        """SIGSTOP the worker's whole process group; recorded as a fault."""
-        os.killpg(worker.pid, signal.SIGSTOP)
+    def freeze(self, worker: WorkerProcess, group: bool = True) -> Fault:
+        """SIGSTOP the worker's whole process group, or its main process; a fault."""
+        (os.killpg if group else os.kill)(worker.pid, signal.SIGSTOP)
         fault = Fault(worker.pid, time.time(), "freeze")
         self.faults.append(fault)
         return fault
@@ -459,16 +459,13 @@ def test_long_tasks_and_far_etas_run_once(cluster: Cluster, pool: str) -> None:
     assert not any("lease lost" in w.log() for w in workers)
 
 
-# Only prefork: there the lease keeper lives in the parent, out of the task's reach. In the
-# threads, asyncio and solo pools a task that holds the GIL in C code can starve it (a known,
-# documented limit of those pools; whether a given run trips it depends on timing).
-GIL_CASES = ["prefork"]
-
-
-@pytest.mark.parametrize("pool", GIL_CASES)
+# In prefork the lease keeper is a thread of the parent, out of the tasks' reach; in the
+# threads and solo pools (asyncio runs sync tasks in threads too) the task holds the GIL of
+# the worker process itself, and the leases are renewed by the worker's lease helper process.
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
 def test_a_task_holding_the_gil_keeps_its_lease(cluster: Cluster, pool: str) -> None:
     workers = [cluster.start(name, "-P", pool) for name in ("a", "b")]
-    held = [cluster.send("hold_gil", 3.0) for _ in range(2)]
+    held = [cluster.send("hold_gil", 3 * LEASE) for _ in range(2)]
 
     ledger = cluster.settled(timeout=40)
     assert_ran_once(cluster, ledger)
@@ -481,15 +478,18 @@ def test_a_task_holding_the_gil_keeps_its_lease(cluster: Cluster, pool: str) -> 
 # -- 5. a frozen worker --------------------------------------------------------------------
 
 
+# prefork: the whole process group is frozen. threads: only the worker process, which runs
+# the tasks, so that its lease helper process, still running, must notice and stop renewing.
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_a_frozen_worker_s_tasks_are_taken_over_and_its_late_results_refused(
-    cluster: Cluster,
+    cluster: Cluster, pool: str
 ) -> None:
-    frozen = cluster.start("frozen")
+    frozen = cluster.start("frozen", "-P", pool)
     taken = [cluster.send("work", 2.5) for _ in range(2)]
     wait_until(lambda: len(cluster.ledger().runs) == 2, 15, "both tasks to start")
     other = cluster.start("other")
 
-    fault = cluster.freeze(frozen)
+    fault = cluster.freeze(frozen, group=pool == "prefork")
     try:
         wait_until(
             lambda: _all_started_by(cluster.ledger(), taken, other.pid),
@@ -517,6 +517,33 @@ def test_a_frozen_worker_s_tasks_are_taken_over_and_its_late_results_refused(
     refused = "refused: its lease was lost"  # ...and was refused, as was renewing the lease
     wait_until(lambda: frozen.log().count(refused) >= len(taken), 10, "refused late results")
     assert "lease lost on message" in frozen.log()
+
+
+def test_a_killed_threads_worker_s_lease_helper_stops_with_it(cluster: Cluster) -> None:
+    # SIGKILL to the worker process alone (as the kernel's OOM killer would): its lease
+    # helper must not keep the dead worker's leases alive, and must exit.
+    victim = cluster.start("victim", "-P", "threads")
+    (helper,) = _children(victim.pid)
+    task_id = cluster.send("work", 3 * LEASE)
+    wait_until(lambda: cluster.ledger().runs.get(task_id), 15, "the task to start")
+    cluster.start("other")
+    os.kill(victim.pid, signal.SIGKILL)
+    fault = Fault(victim.pid, time.time(), "kill")
+    cluster.faults.append(fault)
+
+    ledger = cluster.settled(timeout=15)
+    assert_accounted(cluster, ledger)
+    old, new = ledger.runs[task_id]
+    assert old.finished is None and new.started - fault.at < LEASE + RECOVERY_SLACK
+    wait_until(lambda: _exited(helper), 5, "the lease helper to exit")
+
+
+def _exited(pid: int) -> bool:
+    """Whether process ``pid`` is gone (or a zombie, waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in "ZX"
+    except OSError:
+        return True
 
 
 def _all_started_by(ledger: Ledger, task_ids: list[str], pgid: int) -> bool:
