@@ -125,12 +125,13 @@ def test_a_child_forked_while_another_thread_writes_can_write(tmp_path: Path) ->
     A fork in the middle of another thread's write transaction once left the child waiting
     for a lock no one would release, for the whole busy timeout.
     """
-    transport = SQLiteTransport(f"sqlite:///{tmp_path / 'fork.sqlite3'}", {"busy_timeout": 2})
+    transport = SQLiteTransport(f"sqlite:///{tmp_path / 'fork.sqlite3'}", {"busy_timeout": 5})
     stop = threading.Event()
 
     def write() -> None:
         while not stop.is_set():
             transport.put("parent", os.urandom(64))
+            time.sleep(0.0002)  # room for the child's writes: busy waiting is not fair
 
     writer = threading.Thread(target=write)
     writer.start()
@@ -143,13 +144,16 @@ def test_a_child_forked_while_another_thread_writes_can_write(tmp_path: Path) ->
                 try:
                     transport.put(f"child-{index}", b"written")
                     code = 0
+                except BaseException as exc:  # the test's message shows why
+                    (tmp_path / f"child-{index}.error").write_text(repr(exc))
                 finally:
                     os._exit(code)
-            codes.append(_exit_code_within(pid, 10.0))
+            codes.append(_exit_code_within(pid, 15.0))
     finally:
         stop.set()
         writer.join()
-    assert codes == [0] * 30
+    errors = [path.read_text() for path in sorted(tmp_path.glob("child-*.error"))]
+    assert codes == [0] * 30, errors
     assert all(transport.get(f"child-{index}") == b"written" for index in range(30))
 
 
