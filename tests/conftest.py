@@ -93,6 +93,12 @@ def start_worker_process(tmp_path: Path) -> Iterator[StartWorker]:
         worker.stop()
 
 
+@pytest.fixture
+def ledger(tmp_path: Path) -> Path:
+    """A ledger file outside the system under test: tasks append a line per run."""
+    return tmp_path / "ledger.txt"
+
+
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
     """One redis-server for a test module's Redis tests (skipped without it, failed under CI)."""

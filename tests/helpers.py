@@ -139,3 +139,26 @@ class WorkerProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
         self._log.close()
+
+
+def lines(ledger: Path, kind: str) -> list[list[str]]:
+    """A ledger's lines of one kind, split into words (without the kind)."""
+    if not ledger.exists():
+        return []
+    return [line.split()[1:] for line in ledger.read_text().splitlines() if line.split()[0] == kind]
+
+
+def ok(done: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Exit code 0, every fragment in stdout; returns stdout."""
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+    for fragment in fragments:
+        assert fragment in done.stdout, (fragment, done.stdout)
+    return done.stdout
+
+
+def failed(done: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    """Exit code ``code``, every fragment in stderr or stdout, no traceback."""
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stdout + done.stderr
+    for fragment in fragments:
+        assert fragment in done.stdout + done.stderr, (fragment, done.stdout, done.stderr)

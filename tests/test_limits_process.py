@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import StartWorker
-from helpers import run_cli, wait_until, write_module
+from helpers import lines, run_cli, wait_until, write_module
 
 from celeriac import Celeriac, TaskError
 
@@ -84,11 +84,6 @@ TASKS = """
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Path:
-    return tmp_path / "ledger.txt"
-
-
-@pytest.fixture
 def producer(
     tmp_path: Path, engine_url: str, ledger: Path, no_celeriac_env: None
 ) -> Iterator[Celeriac]:
@@ -97,13 +92,6 @@ def producer(
     app = Celeriac("producer", broker=engine_url)
     yield app
     app.close()
-
-
-def lines(ledger: Path, kind: str) -> list[list[str]]:
-    """The ledger's lines of one kind, split into words (without the kind)."""
-    if not ledger.exists():
-        return []
-    return [line.split()[1:] for line in ledger.read_text().splitlines() if line.split()[0] == kind]
 
 
 def send(app: Celeriac, name: str, *args: Any, **options: Any) -> Any:

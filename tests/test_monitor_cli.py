@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import WorkerProcess, clean_env, run_cli, sqlite_url, wait_until, write_module
+from helpers import (
+    WorkerProcess,
+    clean_env,
+    failed,
+    ok,
+    run_cli,
+    sqlite_url,
+    wait_until,
+    write_module,
+)
 
 from celeriac import Celeriac
 from celeriac.control import TOPIC
@@ -88,22 +97,6 @@ def client(project: Project, no_celeriac_env: None) -> Iterator[Celeriac]:
     app = project.client()
     yield app
     app.close()
-
-
-def ok(done: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    """Exit code 0, every fragment in stdout; returns stdout."""
-    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
-    for fragment in fragments:
-        assert fragment in done.stdout, (fragment, done.stdout)
-    return done.stdout
-
-
-def failed(done: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
-    """Exit code ``code``, every fragment in stderr or stdout, no traceback."""
-    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
-    assert "Traceback" not in done.stdout + done.stderr
-    for fragment in fragments:
-        assert fragment in done.stdout + done.stderr, (fragment, done.stdout, done.stderr)
 
 
 # -- status and inspect ----------------------------------------------------------------------

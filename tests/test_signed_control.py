@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import WorkerProcess, clean_env, sqlite_url, write_module
+from helpers import WorkerProcess, clean_env, failed, ok, sqlite_url, write_module
 
 from celeriac import Celeriac
 from celeriac.control import REPLY_TOPIC, TOPIC, VERSION
@@ -97,20 +97,6 @@ def client(project: Project, no_celeriac_env: None) -> Iterator[Celeriac]:
     app = Celeriac("client", broker=project.url, control_signing_key=KEY)
     yield app
     app.close()
-
-
-def ok(done: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
-    for fragment in fragments:
-        assert fragment in done.stdout, (fragment, done.stdout)
-    return done.stdout
-
-
-def failed(done: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
-    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
-    assert "Traceback" not in done.stdout + done.stderr
-    for fragment in fragments:
-        assert fragment in done.stdout + done.stderr, (fragment, done.stdout, done.stderr)
 
 
 # -- signing -----------------------------------------------------------------------------

@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import WorkerProcess, sqlite_url, wait_until, write_module
+from helpers import WorkerProcess, wait_until, write_module
 from ledger import Fault, Ledger, Run
-from redis_server import RedisServer
 
 from celeriac import Celeriac, TaskError, states
 from celeriac.message import decode
@@ -128,26 +127,6 @@ TASKS = """
 
 
 # -- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """A redis-server of this module's own (skipped without one, failed under CI)."""
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty broker of the engine under test."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path / "broker.sqlite3")
-    server: RedisServer = request.getfixturevalue("redis_server")
-    import redis  # the dev extra has it; only the Redis tests need it
-
-    with redis.Redis.from_url(server.url) as client:
-        client.flushdb()
-    return server.url
 
 
 @dataclass
@@ -464,8 +443,11 @@ def test_long_tasks_and_far_etas_run_once(cluster: Cluster, pool: str) -> None:
 # the worker process itself, and the leases are renewed by the worker's lease helper process.
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
 def test_a_task_holding_the_gil_keeps_its_lease(cluster: Cluster, pool: str) -> None:
-    workers = [cluster.start(name, "-P", pool) for name in ("a", "b")]
+    # Sent before the workers start, so that a worker holds both leases before either task
+    # runs. A fetch that completes while a task of that process holds the GIL is a known
+    # window of the in-process pools: its leases are registered only once the GIL is free.
     held = [cluster.send("hold_gil", 3 * LEASE) for _ in range(2)]
+    workers = [cluster.start(name, "-P", pool) for name in ("a", "b")]
 
     ledger = cluster.settled(timeout=40)
     assert_ran_once(cluster, ledger)
