@@ -27,7 +27,12 @@ from bench import peers_driver
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # benchtasks, as the worker processes import it
 
-DRAIN_CONFIGS = (("prefork", 2), ("prefork", 4), ("threads", 4), ("solo", 1))
+#: (pool, concurrency, prefetch multiplier): the default multiplier (4) and a deep one, which
+#: keeps a fetch in flight while the tasks of the previous one run
+DRAIN_CONFIGS = (
+    ("prefork", 2, 4), ("prefork", 4, 4), ("threads", 4, 4), ("threads", 4, 32),
+    ("solo", 1, 4), ("solo", 1, 64),
+)  # fmt: skip
 SCENARIOS = ("throughput", "workflows", "rate_limit")
 
 
@@ -63,19 +68,28 @@ def throughput(app: Any, url: str, engine: str, tasks: int, work: Path) -> dict[
     figures["enqueue_one"] = scenarios.enqueue_one(app, tasks)
     figures["enqueue_bulk"] = scenarios.enqueue_bulk(app, tasks)
     drains = {
-        f"{pool} -c {c}": scenarios.drain(app, url, tasks, pool, c, work)
-        for pool, c in DRAIN_CONFIGS
+        _config_name(pool, c, m): scenarios.drain(app, url, tasks, pool, c, work, *_prefetch(m))
+        for pool, c, m in DRAIN_CONFIGS
     }
     best = max(drains, key=drains.__getitem__)
     figures["drain"] = {"best": drains[best], "config": best, "all": drains}
-    pool, concurrency = DRAIN_CONFIGS[list(drains).index(best)]
+    pool, concurrency, multiplier = DRAIN_CONFIGS[list(drains).index(best)]
     figures["events"] = {"config": best, **scenarios.events_cost(
-        app, url, tasks, pool, concurrency, work
+        app, url, tasks, pool, concurrency, work, *_prefetch(multiplier)
     )}  # fmt: skip
     figures["round_trip_ms"] = scenarios.round_trip(app, url, 1000, work)
     figures["idle_memory"] = scenarios.idle_memory(app, url, work)
     figures["ceiling"] = ceiling(engine, url, body, tasks, work)
     return figures
+
+
+def _config_name(pool: str, concurrency: int, multiplier: int) -> str:
+    deep = f" --prefetch-multiplier {multiplier}" if multiplier != 4 else ""
+    return f"{pool} -c {concurrency}{deep}"
+
+
+def _prefetch(multiplier: int) -> tuple[str, ...]:
+    return ("--prefetch-multiplier", str(multiplier)) if multiplier != 4 else ()
 
 
 def _sample_body(app: Any) -> bytes:

@@ -98,15 +98,15 @@ def idle_memory(app: Celeriac, url: str, work: Path, concurrency: int = 2) -> di
 
 
 def events_cost(
-    app: Celeriac, url: str, n: int, pool: str, concurrency: int, work: Path, rounds: int = 2
+    app: Celeriac, url: str, n: int, pool: str, concurrency: int, work: Path, *extra: str
 ) -> dict[str, float]:
-    """Drain throughput with task events off and on (worker -E), best of ``rounds`` each,
+    """Drain throughput with task events off and on (worker -E), best of two each,
     alternating; ``cost_percent`` is the throughput events take away."""
     off: list[float] = []
     on: list[float] = []
-    for _ in range(rounds):
-        off.append(drain(app, url, n, pool, concurrency, work))
-        on.append(drain(app, url, n, pool, concurrency, work, "-E"))
+    for _ in range(2):
+        off.append(drain(app, url, n, pool, concurrency, work, *extra))
+        on.append(drain(app, url, n, pool, concurrency, work, *extra, "-E"))
     best_off, best_on = max(off), max(on)
     return {"off": best_off, "on": best_on, "cost_percent": 100 * (1 - best_on / best_off)}
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
-from celeriac import signals
+from celeriac import pid, signals
 from celeriac.backend import ResultStore
 from celeriac.config import DEFAULT_BROKER_URL, Settings
 from celeriac.errors import ConfigurationError, LimitError, NotRegistered
@@ -62,7 +61,7 @@ class Celeriac:
         self._lock = threading.RLock()
         self._broker: Transport | None = None
         self._results: ResultStore | None = None
-        self._pid = os.getpid()
+        self._pid = pid.current()
         #: Sent once, when the app is finalized: connect to add periodic tasks (Celery's hook).
         self.on_after_configure = signals.Signal("on_after_configure", "The app is configured.")
         self.on_after_finalize = signals.Signal("on_after_finalize", "The app is finalized.")
@@ -128,10 +127,10 @@ class Celeriac:
         )
 
     def _check_fork(self) -> None:
-        if self._pid != os.getpid():
+        if self._pid != pid.current():
             self._broker = self._results = None
             self._lock = threading.RLock()
-            self._pid = os.getpid()
+            self._pid = pid.current()
 
     def _reset_connections(self) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from celeriac import serialization
+from celeriac import pid, serialization
 from celeriac.errors import MessageError, SerializationError
 
 PROTOCOL_VERSION = 2
@@ -179,7 +179,7 @@ class Message:
             fields["root_id"] = fields["id"]
         fields.setdefault("argsrepr", _short_repr(args) if args else "()")
         fields.setdefault("kwargsrepr", _short_repr(kwargs) if kwargs else "{}")
-        fields.setdefault("origin", f"{os.getpid()}@{_hostname()}")
+        fields.setdefault("origin", f"{pid.current()}@{_hostname()}")
         return cls(task=task, args=args, kwargs=kwargs, **fields)
 
     def replace(self, **changes: Any) -> Message:

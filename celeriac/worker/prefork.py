@@ -16,12 +16,13 @@ import logging
 import multiprocessing
 import os
 import resource
+import select
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
@@ -203,19 +204,36 @@ class PreforkPool(Pool):
     # -- the collector thread ------------------------------------------------------------
 
     def _collect(self) -> None:
+        """Wait on every child's pipe and sentinel with one poll object, rebuilt only when the
+        children change (a fresh selector per wakeup costs more than the job it hands out)."""
+        watched: list[_Child] = []
+        poller, pipes, sentinels = select.poll(), {}, {}
         while not self._stopping:
             with self._lock:
-                by_conn = {c.conn: c for c in self._children}
-                by_sentinel = {c.process.sentinel: c for c in self._children}
-            ready = wait([*by_conn, *by_sentinel, self._wake_r], timeout=1.0)
-            for item in ready:
-                if item == self._wake_r:
-                    os.read(self._wake_r, 64)
-                elif item in by_conn:
-                    self._receive(by_conn[item])
-            for item in ready:
-                if isinstance(item, int) and item in by_sentinel:
-                    self._reap(by_sentinel[item])
+                children = list(self._children)
+            if children != watched:
+                watched = children
+                poller, pipes, sentinels = self._poller(children)
+            ready = {fd for fd, _ in poller.poll(1000.0)}
+            if self._wake_r in ready:
+                os.read(self._wake_r, 64)
+            for fd in ready:
+                if fd in pipes:
+                    self._receive(pipes[fd])
+            for fd in ready:
+                if fd in sentinels:
+                    self._reap(sentinels[fd])
+
+    def _poller(
+        self, children: list[_Child]
+    ) -> tuple[select.poll, dict[int, _Child], dict[int, _Child]]:
+        """A poll object watching ``children`` (pipes and sentinels) and the wake pipe."""
+        poller = select.poll()
+        pipes = {c.conn.fileno(): c for c in children}
+        sentinels = {c.process.sentinel: c for c in children}
+        for fd in [*pipes, *sentinels, self._wake_r]:
+            poller.register(fd, select.POLLIN)
+        return poller, pipes, sentinels
 
     def _receive(self, child: _Child) -> None:
         try:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from celeriac import pid
 from celeriac.errors import MissingExtraError, TransportError
 from celeriac.transports import redis_limits
 from celeriac.transports import redis_scripts as scripts
@@ -101,7 +102,7 @@ class RedisBase(Transport):
         self.prefix = str(self.options.get("prefix", DEFAULT_PREFIX))
         self.socket_timeout = float(self.options.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT))
         self.retries = int(self.options.get("retries", DEFAULT_RETRIES))
-        self._pid = os.getpid()
+        self._pid = pid.current()
         self._lock = threading.Lock()
         self._redis: redis.Redis | None = None
         self._scripts: Scripts | None = None
@@ -109,7 +110,7 @@ class RedisBase(Transport):
     def _client(self) -> redis.Redis:
         """This process's client, made on first use and again after a fork."""
         client = self._redis
-        if client is None or self._pid != os.getpid():
+        if client is None or self._pid != pid.current():
             client = self._connect()
         return client
 
@@ -150,7 +151,7 @@ class RedisBase(Transport):
     def _script(self) -> Scripts:
         """The scripts of this process's client."""
         scripts = self._scripts
-        if scripts is None or self._pid != os.getpid():
+        if scripts is None or self._pid != pid.current():
             self._connect()
             scripts = self._scripts
             assert scripts is not None
