@@ -337,7 +337,7 @@ class Consumer:
             else:
                 to_complete.append((item.delivery, write))
         if to_complete:
-            self.finisher.submit(to_complete)
+            self.finisher.submit(to_complete, now=not self.inflight)
         self.processed += len(batch)
         # Prefetch bounds work not yet done: a finished job frees its slot at once, while
         # the finisher writes its result, so fetching overlaps with writing.

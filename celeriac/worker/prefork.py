@@ -207,7 +207,9 @@ class PreforkPool(Pool):
         """Wait on every child's pipe and sentinel with one poll object, rebuilt only when the
         children change (a fresh selector per wakeup costs more than the job it hands out)."""
         watched: list[_Child] = []
-        poller, pipes, sentinels = select.poll(), {}, {}
+        poller = select.poll()
+        pipes: dict[int, _Child] = {}
+        sentinels: dict[int, _Child] = {}
         while not self._stopping:
             with self._lock:
                 children = list(self._children)
