@@ -324,6 +324,9 @@ class Consumer:
             if item is None:
                 continue
             self.limits.finished(item.slot)
+            if done.skipped:  # not ours any more: nothing to store or acknowledge
+                settled += 1
+                continue
             self._log_outcome(item.message, done)
             if self.metrics is not None:
                 self.metrics.finished(item.message.task, done.state, done.runtime)
@@ -381,6 +384,15 @@ class Consumer:
         if delivery.deliveries >= self.app.broker.max_deliveries:  # dead-lettered now
             error = TransportError("what follows the task could not be sent (broker error)")
             self._store_failure(message, error)
+
+    def still_held(self, job_id: int) -> bool:
+        """Whether a job about to start is still this worker's to run: its lease is fresh, or
+        the broker renews it now. A worker that was frozen past its leases skips the jobs it
+        had fetched and not started; the broker has given them to another worker."""
+        item = self.inflight.get(job_id)
+        if item is None or item.acked or self.leases.fresh(item.delivery):
+            return True
+        return self.leases.confirm(item.delivery)
 
     def _lost(self, job_id: int, how: str, process: dict[str, Any] | None = None) -> None:
         """The process running a job died: count a failed delivery (dead-letter at budget)."""

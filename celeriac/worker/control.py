@@ -121,6 +121,10 @@ class WorkerControl:
     def job_started(self, job: Job) -> JobDone | None:
         """A pool slot starts ``job``: refuse it if revoked meanwhile, else note and report it."""
         message = job.message
+        if not self.consumer.still_held(job.job_id):
+            logger.warning("Skipping %s[%s]: its lease ran out before it could start (was the "
+                           "worker frozen?); another worker runs it", message.task, message.id)
+            return JobDone(job.job_id, states.PENDING, skipped=True)
         if message.id in self.revoked:
             logger.info("Discarding revoked task: %s[%s]", message.task, message.id)
             return revoked_job(self.consumer, job.job_id, message)

@@ -49,6 +49,8 @@ class JobDone:
     #: what follows the task (callbacks, chain, chord) failed for want of the broker: give the
     #: message back so that the task runs again (celeriac.workflow)
     redeliver: bool = False
+    #: never started: its lease ran out while it waited (the broker gives it to another worker)
+    skipped: bool = False
 
 
 def run_message(

@@ -67,6 +67,8 @@ class LeaseKeeper:
         self._helper: Helper | None = None
         self._renewer: Renewer | None = None  # when renewing in this process
         self._held: dict[str, Delivery] = {}  # what the renewer was told to renew
+        self._held_at: dict[str, float] = {}  # lease token -> when it was fetched (monotonic)
+        self._renewed_at = 0.0  # when the last round that renewed everything held began
         self._pending: set[str] = set()  # fetched, not yet seen by the consumer's main loop
         self._dropped: list[str] = []  # ended, not yet told: sent with the next message
         self._slots: set[Slot] = set()
@@ -91,9 +93,11 @@ class LeaseKeeper:
 
     def hold(self, deliveries: list[Delivery]) -> None:
         """Renew these fetched deliveries from now on (called before they reach the pool)."""
+        now = time.monotonic()
         with self._lock:
             for delivery in deliveries:
                 self._held[delivery.lease] = delivery
+                self._held_at[delivery.lease] = now
                 self._pending.add(delivery.lease)
             self._send(("hold", deliveries, self._take_dropped()))
 
@@ -119,10 +123,36 @@ class LeaseKeeper:
                 return
             for token in ended:
                 del self._held[token]
+                self._held_at.pop(token, None)
             self._dropped += ended
             self._slots.difference_update(gone)
             if gone or self._helper is None:  # else sent with the next message: fewer wakeups
                 self._send(("drop", self._take_dropped(), gone))
+
+    def fresh(self, delivery: Delivery) -> bool:
+        """True while ``delivery``'s lease is surely still ours: fetched, or renewed by the last
+        round, less than a lease ago. False after a freeze (SIGSTOP) or a starved renewer; the
+        lease may be another worker's by now (``confirm`` asks the broker)."""
+        with self._lock:
+            since = self._held_at.get(delivery.lease)
+            if since is None:
+                return False  # ended, or reported lost
+            return max(since, self._renewed_at) + self.lease > time.monotonic()
+
+    def confirm(self, delivery: Delivery) -> bool:
+        """Renew ``delivery``'s lease now; False if it was lost (another worker may run it)."""
+        try:
+            kept = self.app.broker.extend([delivery], self.lease)
+        except Exception:
+            logger.warning("could not renew the lease of %s; it runs, its ack decides",
+                           delivery.message_id)  # fmt: skip
+            return True
+        if not kept:
+            return False
+        with self._lock:
+            if delivery.lease in self._held_at:
+                self._held_at[delivery.lease] = time.monotonic()
+        return True
 
     def _take_dropped(self) -> list[str]:
         dropped, self._dropped = self._dropped, []
@@ -219,9 +249,12 @@ class LeaseKeeper:
         if report[0] == "error":
             logger.error("renewing leases failed: %s", report[1])
             return
-        _, kept, lost, lost_slots = report
+        _, kept, lost, lost_slots, started = report
         with self._lock:
             lost = [(t, m) for t, m in lost if t in self._held]  # else ended meanwhile
+            for token, _ in lost:
+                self._held_at.pop(token, None)  # not fresh: a job not started yet is skipped
+            self._renewed_at = max(self._renewed_at, started)
         metrics = self.owner.metrics
         if metrics is not None:
             metrics.leases(kept, len(lost))

@@ -6,7 +6,8 @@ never the user's app, and opens its own connection to the broker. The worker sen
 to renew over a pipe (``Renewer.apply``): ``("hold", [Delivery], [lease token ended])``,
 ``("slot", slot)``, ``("drop", [lease token], [slot])``, ``("close",)``; it reads them every
 ``TICK`` and answers each round with ``("renewed", kept, [(lease token, message id)], [slot
-key])`` or ``("error", text)``.
+key], started)`` (``started``: ``time.monotonic()`` as the round began, a clock every process
+of the host shares) or ``("error", text)``.
 
 It renews only while the worker runs: when ``/proc/<worker>/stat`` says the worker is stopped
 (SIGSTOP) it skips its rounds, so that a frozen worker loses its leases as it would without a
@@ -80,6 +81,7 @@ class Renewer:
             held, slots = list(self.leases.values()), list(self.slots)
         if not held and not slots:
             return None
+        started = time.monotonic()
         try:
             kept = {d.lease for d in self.broker.extend(held, self.lease)} if held else set()
             slots_held = self.broker.renew_slots(slots, self.lease) if slots else []
@@ -91,7 +93,7 @@ class Renewer:
             for token, _ in lost:
                 self.leases.pop(token, None)
             self.slots.difference_update(lost_slots)
-        return ("renewed", len(kept), lost, [key for key, _ in lost_slots])
+        return ("renewed", len(kept), lost, [key for key, _ in lost_slots], started)
 
 
 class Helper:

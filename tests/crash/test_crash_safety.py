@@ -501,6 +501,49 @@ def test_a_frozen_worker_s_tasks_are_taken_over_and_its_late_results_refused(
     assert "lease lost on message" in frozen.log()
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_frozen_worker_skips_the_fetched_tasks_it_had_not_started(
+    cluster: Cluster, pool: str
+) -> None:
+    # One slot: the second task waits in the frozen worker, fetched and not started.
+    frozen = cluster.start("frozen", "-P", pool, "-c", "1")
+    running = cluster.send("work", 2.5)
+    wait_until(lambda: len(cluster.ledger().runs) == 1, 15, "the first task to start")
+    waiting = cluster.send("work", 0.1)
+    inspect = cluster.app.control.inspect(f"frozen@{socket.gethostname()}", timeout=1.0)
+    wait_until(
+        lambda: [t["id"] for ts in (inspect.reserved() or {}).values() for t in ts] == [waiting],
+        10,
+        "the second task to be fetched and held",
+    )
+    other = cluster.start("other")
+
+    fault = cluster.freeze(frozen, group=pool == "prefork")
+    try:
+        wait_until(
+            lambda: _all_started_by(cluster.ledger(), [running, waiting], other.pid),
+            3 * LEASE + RECOVERY_SLACK,
+            "the other worker to take both tasks",
+        )
+        time.sleep(max(0.0, fault.at + 3 * LEASE - time.time()))
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)
+
+    cluster.settled(timeout=15)
+    late = lambda: _all_finished_by(cluster.ledger(), [running], frozen.pid)  # noqa: E731
+    wait_until(late, 15, "the late result")
+    wait_until(
+        lambda: "lease ran out before it could start" in frozen.log()
+        or len(cluster.ledger().runs[waiting]) > 1,
+        10,
+        "the frozen worker to skip the task it held, or to run it",
+    )
+    ledger = cluster.ledger()
+    assert_accounted(cluster, ledger)
+    assert [run.pgid for run in ledger.runs[waiting]] == [other.pid]  # never started twice
+    assert [run.pgid for run in ledger.runs[running]] == [frozen.pid, other.pid]
+
+
 def test_a_killed_threads_worker_s_lease_helper_stops_with_it(cluster: Cluster) -> None:
     # SIGKILL to the worker process alone (as the kernel's OOM killer would): its lease
     # helper must not keep the dead worker's leases alive, and must exit.
