@@ -24,8 +24,8 @@ from celeriac.limits import parse_rate
 from celeriac.worker.heartbeat import load_average
 
 if TYPE_CHECKING:
-    from celeriac.worker.consumer import Inflight
     from celeriac.worker.control import WorkerControl
+    from celeriac.worker.endings import Inflight
 
 logger = logging.getLogger("celeriac.worker")
 

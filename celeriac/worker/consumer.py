@@ -7,40 +7,29 @@ Three threads in the worker process share the work:
   own schedule, so that a busy main loop cannot let a lease lapse; for pools that run tasks
   in this process, through a helper process that a task holding the GIL cannot starve;
 - the main loop (``run``) validates what was fetched, hands jobs to idle pool slots and
-  finishes what the pool reports: store the result, then ack / retry / dead-letter.
+  finishes what the pool reports: store the result, then ack / retry / dead-letter (those
+  endings are in ``celeriac.worker.endings``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import signal
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celeriac import signals, states
-from celeriac.backend import meta_key
-from celeriac.errors import (
-    ConcurrencyKeyError,
-    MessageError,
-    NotRegistered,
-    TimeLimitExceeded,
-    TransportError,
-    WorkerLostError,
-)
+from celeriac import signals
+from celeriac.errors import ConcurrencyKeyError, MessageError, NotRegistered
 from celeriac.message import Message, decode
-from celeriac.trace import Outcome
-from celeriac.transports.base import DEFAULT_LEASE, Delivery, KeyWrite
+from celeriac.transports.base import DEFAULT_LEASE, Delivery
 from celeriac.worker.control import RevokedSet, WorkerControl
+from celeriac.worker.endings import Endings, Inflight, time_limits
 from celeriac.worker.execute import JobDone
 from celeriac.worker.finisher import Finisher
 from celeriac.worker.leases import LeaseKeeper
 from celeriac.worker.limits import Limits, Slot
 from celeriac.worker.pools import Event, Job, Pool
-from celeriac.workflow import after_outcome
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -51,19 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 
-@dataclass(slots=True)
-class Inflight:
-    """A delivery this worker holds: waiting for a pool slot, or running."""
-
-    delivery: Delivery
-    message: Message
-    body: bytes
-    acked: bool = False
-    #: the concurrency slot it holds while it runs (celeriac.worker.limits)
-    slot: Slot | None = None
-
-
-class Consumer:
+class Consumer(Endings):
     """Moves work between the broker and the pool; owns every lease the worker holds."""
 
     def __init__(
@@ -205,7 +182,7 @@ class Consumer:
             "redelivered": item.delivery.deliveries > 1,
             "delivery_count": item.delivery.deliveries,
         }
-        hard, soft = _limits(item.message, task, self.app)
+        hard, soft = time_limits(item.message, task, self.app)
         self.pool.submit(Job(job_id, item.message, item.body, delivery_info, hard, soft))
 
     # -- receiving ------------------------------------------------------------------------
@@ -266,124 +243,10 @@ class Consumer:
             self._release_budget(1)
         return admitted, slot
 
-    def _refuse(self, delivery: Delivery, reason: str, detail: str) -> None:
-        """Dead-letter a message this worker cannot run; one log line, then go on."""
-        logger.error(
-            "Dead-lettered message %s from queue %s: %s (%s)",
-            delivery.message_id, delivery.queue, reason, detail,
-        )  # fmt: skip
-        self.app.broker.dead_letter(delivery, reason)
-        if self.metrics is not None:
-            self.metrics.finished("-", states.REJECTED)  # "-": no trusted task name
-        signals.task_rejected.send(sender=self, delivery=delivery, reason=reason)
-        if self.task_events is not None:
-            self.task_events.rejected(delivery, reason)
-        self._release_budget(1)
-
-    def _expire(self, delivery: Delivery, message: Message) -> None:
-        logger.info("Discarding expired task: %s[%s]", message.task, message.id)
-        self.app.results.store(
-            message.id, states.REVOKED, {"exc_type": "TaskRevokedError", "exc_message": "expired"},
-            name=message.task,
-        )  # fmt: skip
-        self.app.broker.ack(delivery)
-        if self.metrics is not None:
-            self.metrics.finished(message.task, states.REVOKED)
-        signals.task_revoked.send(sender=self, request=message, expired=True)
-        if self.task_events is not None:
-            self.task_events.revoked(message, expired=True)
-        self._release_budget(1)
-
-    def _discard_revoked(
-        self, delivery: Delivery, message: Message, acked: bool = False, terminated: bool = False
-    ) -> None:
-        """Store REVOKED for a task revoked by remote control and end its delivery."""
-        logger.info("Discarding revoked task: %s[%s]", message.task, message.id)
-        why = "terminated" if terminated else "revoked"
-        self.app.results.store(
-            message.id, states.REVOKED, {"exc_type": "TaskRevokedError", "exc_message": why},
-            name=message.task, worker=self.hostname,
-        )  # fmt: skip
-        if not acked:
-            self.app.broker.ack(delivery)
-        if self.metrics is not None:
-            self.metrics.finished(message.task, states.REVOKED)
-        signals.task_revoked.send(sender=self, request=message, terminated=terminated)
-        if self.task_events is not None:
-            self.task_events.revoked(message, terminated=terminated)
-        self._release_budget(1)
-
-    # -- finishing ------------------------------------------------------------------------
-
-    def _finish(self, batch: list[JobDone]) -> None:
-        """Store results, then acknowledge: a result is never lost behind an ack."""
-        to_complete: list[tuple[Delivery, KeyWrite | None]] = []
-        settled = 0
-        for done in batch:
-            item = self.inflight.pop(done.job_id, None)
-            if item is None:
-                continue
-            self.limits.finished(item.slot)
-            if done.skipped:  # not ours any more: nothing to store or acknowledge
-                settled += 1
-                continue
-            self._log_outcome(item.message, done)
-            if self.metrics is not None:
-                self.metrics.finished(item.message.task, done.state, done.runtime)
-            if self.task_events is not None:
-                self.task_events.finished(item.message, done)
-            write = None
-            if done.meta is not None:
-                write = (meta_key(item.message.id), done.meta, self.app.results.expires)
-            if self._settle(item, done, write):
-                settled += 1
-            else:
-                to_complete.append((item.delivery, write))
-        if to_complete:
-            self.finisher.submit(to_complete, now=not self.inflight)
-        self.processed += len(batch)
-        # Prefetch bounds work not yet done: a finished job frees its slot at once, while
-        # the finisher writes its result, so fetching overlaps with writing.
-        self._release_budget(settled + len(to_complete))
-
-    def _settle(self, item: Inflight, done: JobDone, write: KeyWrite | None) -> bool:
-        """End deliveries that are not simply completed: retries, rejections, early acks.
-
-        Returns False when the delivery is left for ``_complete`` (ack + store, atomically).
-        """
-        broker = self.app.broker
-        if done.redeliver and not item.acked:
-            self._redeliver(item)
-            return True
-        retrying = done.state == states.RETRY and done.retry_body is not None
-        rejected = done.state == states.REJECTED
-        if not (item.acked or retrying or rejected):
-            return False
-        if write is not None:
-            self.app.results.transport.put(*write)
-        if item.acked:
-            if retrying:
-                broker.publish(
-                    item.delivery.queue, done.retry_body or b"", due=done.retry_due,
-                    priority=item.delivery.priority,
-                )  # fmt: skip
-        elif retrying:
-            broker.retry(item.delivery, done.retry_due, done.retry_body)
-        elif done.requeue:
-            broker.release(item.delivery)
-        else:
-            broker.dead_letter(item.delivery, done.reason or "rejected")
-        return True
-
-    def _redeliver(self, item: Inflight) -> None:
-        """What follows the task could not be sent (broker error): run it again, later."""
-        message, delivery = item.message, item.delivery
-        logger.error("Task %s[%s]: what follows it could not be sent; it will run again",
-                     message.task, message.id)  # fmt: skip
-        self.app.broker.release(delivery, reason="follow_up_failed")
-        if delivery.deliveries >= self.app.broker.max_deliveries:  # dead-lettered now
-            error = TransportError("what follows the task could not be sent (broker error)")
-            self._store_failure(message, error)
+    def _release_budget(self, count: int) -> None:
+        with self._held_lock:
+            self._held -= count
+        self._room.set()
 
     def still_held(self, job_id: int) -> bool:
         """Whether a job about to start is still this worker's to run: its lease is fresh, or
@@ -393,74 +256,6 @@ class Consumer:
         if item is None or item.acked or self.leases.fresh(item.delivery):
             return True
         return self.leases.confirm(item.delivery)
-
-    def _lost(self, job_id: int, how: str, process: dict[str, Any] | None = None) -> None:
-        """The process running a job died: count a failed delivery (dead-letter at budget)."""
-        item = self.inflight.pop(job_id, None)
-        if item is None:
-            return
-        self.limits.finished(item.slot)
-        if item.message.id in self.revoked:  # remote control: stopped by revoke(terminate)
-            self._discard_revoked(item.delivery, item.message, item.acked, terminated=True)
-            return
-        message, delivery = item.message, item.delivery
-        logger.error("Process running %s[%s] died (%s)", message.task, message.id, how)
-        if self.metrics is not None:
-            self.metrics.finished(message.task, "LOST")
-        if self.task_events is not None:
-            self.task_events.failed(message, f"WorkerLostError(worker process died ({how}))")
-        if not item.acked:
-            detail = _lost_detail(how, process, self.hostname)
-            self.app.broker.release(delivery, reason="worker_lost", detail=detail)
-        # After the release, so a client that sees the failure also sees the dead letter.
-        if delivery.deliveries >= self.app.broker.max_deliveries:
-            self._store_failure(message, WorkerLostError(f"worker process died ({how})"))
-        self._release_budget(1)
-
-    def _timed_out(self, job_id: int) -> None:
-        """A job passed its hard time limit: record the failure; it is not redelivered."""
-        item = self.inflight.pop(job_id, None)
-        if item is None:
-            return
-        self.limits.finished(item.slot)
-        limit = _limits(item.message, self.app.tasks.get(item.message.task), self.app)[0]
-        logger.error(
-            "Hard time limit (%ss) exceeded for %s[%s]", limit, item.message.task, item.message.id
-        )
-        self._store_failure(item.message, TimeLimitExceeded(f"hard time limit ({limit}s)"))
-        if self.metrics is not None:
-            self.metrics.finished(item.message.task, states.FAILURE)
-        if self.task_events is not None:
-            self.task_events.failed(item.message, f"TimeLimitExceeded(hard time limit ({limit}s))")
-        if not item.acked:
-            self.app.broker.ack(item.delivery)
-        self._release_budget(1)
-
-    def _store_failure(self, message: Message, exc: Exception) -> None:
-        self.app.results.store(
-            message.id, states.FAILURE, exc, name=message.task, worker=self.hostname
-        )
-        if message.callbacks or message.errbacks or message.chain or message.chord:
-            # canvas: errbacks, the rest of the chain, the chord see this failure too
-            after_outcome(self.app, message, self.hostname, Outcome(states.FAILURE, exc))
-
-    def _release_budget(self, count: int) -> None:
-        with self._held_lock:
-            self._held -= count
-        self._room.set()
-
-    def _log_outcome(self, message: Message, done: JobDone) -> None:
-        name, task_id = message.task, message.id
-        if done.state == states.SUCCESS:
-            logger.info(
-                "Task %s[%s] succeeded in %ss: %s", name, task_id, done.runtime, done.summary
-            )
-        elif done.state == states.FAILURE:
-            logger.error("Task %s[%s] raised unexpected: %s", name, task_id, done.summary)
-        elif done.state == states.RETRY:
-            logger.info("Task %s[%s] retry: %s", name, task_id, done.summary)
-        elif done.state == states.REJECTED:
-            logger.warning("Task %s[%s] rejected: %s", name, task_id, done.reason)
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -533,34 +328,3 @@ def _drain(events: queue.SimpleQueue[Event], timeout: float = 0.0) -> list[Event
     except queue.Empty:
         pass
     return batch
-
-
-def _lost_detail(how: str, process: dict[str, Any] | None, hostname: str) -> dict[str, Any]:
-    """What a worker_lost failure records: how the process ended, its pid, and the worker's."""
-    detail: dict[str, Any] = {"cause": how}
-    if process is not None:
-        code = process.get("exitcode")
-        if isinstance(code, int) and code < 0:
-            detail.update(cause=f"signal {-code} ({_signal_name(-code)})", signal=-code)
-        else:
-            detail.update(cause=f"exit code {code}", exitcode=code)
-        detail["pid"] = process.get("pid")
-    detail.update(worker_pid=os.getpid(), hostname=hostname)
-    return detail
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "unknown signal"
-
-
-def _limits(message: Message, task: Any, app: Celeriac) -> tuple[float | None, float | None]:
-    """The hard and soft time limits in force: the message's, the task's, then the app's."""
-    hard, soft = message.timelimit
-    if hard is None:
-        hard = getattr(task, "time_limit", None) or app.conf.task_time_limit
-    if soft is None:
-        soft = getattr(task, "soft_time_limit", None) or app.conf.task_soft_time_limit
-    return hard, soft

@@ -36,7 +36,8 @@ from celeriac.worker.task_events import TaskEvents
 if TYPE_CHECKING:
     from celeriac.message import Message
     from celeriac.transports.base import Subscription
-    from celeriac.worker.consumer import Consumer, Inflight
+    from celeriac.worker.consumer import Consumer
+    from celeriac.worker.endings import Inflight
     from celeriac.worker.pools import Job
 
 logger = logging.getLogger("celeriac.worker")
