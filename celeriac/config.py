@@ -21,16 +21,14 @@ import __future__
 import copy
 import difflib
 import importlib
-import math
 import os
 import re
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from celeriac import parse
 from celeriac.errors import ConfigurationError, UnknownSettingError
 
 if TYPE_CHECKING:
@@ -42,208 +40,9 @@ V = TypeVar("V")
 DEFAULT_BROKER_URL = "sqlite:///celeriac.sqlite3"
 DEFAULT_LEASE_TIMEOUT = 30.0
 DEFAULT_MAX_DELIVERIES = 3
-
-# -- parsers: each returns the value to store, or raises ValueError("<what was expected>") ------
-
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
-               "false": False, "no": False, "off": False, "0": False}
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_RATE = re.compile(r"\d+(\.\d+)?(/[smh])?")
-
-
-def _boolean(value: Any) -> bool:
-    """A bool, or a word from an environment file such as 'yes' or 'off'."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[value.strip().lower()]
-    raise ValueError("True or False (or 'yes'/'no', 'on'/'off', 'true'/'false', '1'/'0')")
-
-
-def _text(value: Any) -> str:
-    """A non-empty string."""
-    if isinstance(value, str) and value.strip():
-        return value
-    raise ValueError("a non-empty string")
-
-
-def _url(value: Any) -> str:
-    """A URL with a scheme, such as 'redis://localhost:6379/0'."""
-    if isinstance(value, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
-        return value
-    raise ValueError("a URL such as 'redis://localhost:6379/0' or 'sqlite:///celeriac.sqlite3'")
-
-
-def _as_number(value: Any) -> float | None:
-    """A real number from an int, float or numeric string; None for anything else."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
-
-
-def _as_int(value: Any) -> int | None:
-    """An int from an int or a string of one; None for anything else (bools included)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
-    """An integer (or a string of one) from minimum to maximum."""
-    if maximum is not None:
-        expected = f"an integer from {minimum} to {maximum}"
-    else:
-        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-
-    def parse(value: Any) -> int:
-        number = _as_int(value)
-        if number is None or number < minimum or (maximum is not None and number > maximum):
-            raise ValueError(expected)
-        return number
-
-    return parse
-
-
-def _seconds(*, zero: bool = False) -> Callable[[Any], float]:
-    """A duration in seconds from a number, a numeric string or a timedelta."""
-    expected = f"seconds {'>= 0' if zero else '> 0'} (a number or a datetime.timedelta)"
-
-    def parse(value: Any) -> float:
-        number = value.total_seconds() if isinstance(value, timedelta) else _as_number(value)
-        if number is None or not math.isfinite(number) or number < 0 or (number == 0 and not zero):
-            raise ValueError(expected)
-        return number
-
-    return parse
-
-
-def _optional(parse: Callable[[Any], V]) -> Callable[[Any], V | None]:
-    """None, or whatever parse accepts."""
-
-    def parse_optional(value: Any) -> V | None:
-        if value is None:
-            return None
-        try:
-            return parse(value)
-        except ValueError as exc:
-            raise ValueError(f"None or {exc}") from None
-
-    return parse_optional
-
-
-def _choice(*options: str) -> Callable[[Any], str]:
-    """One of the given words, in any case."""
-    expected = "one of " + ", ".join(repr(option) for option in options)
-
-    def parse(value: Any) -> str:
-        if isinstance(value, str) and value.strip().lower() in options:
-            return value.strip().lower()
-        raise ValueError(expected)
-
-    return parse
-
-
-def _str_list(value: Any) -> list[str]:
-    """A list of strings, or one comma-separated string."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
-        return list(value)
-    raise ValueError("a list of strings or a comma-separated string")
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    """A mapping, copied."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise ValueError("a dict")
-
-
-def _broker_options(value: Any) -> dict[str, Any]:
-    """Transport options, with lease_timeout and max_deliveries filled in and checked."""
-    options = {"lease_timeout": DEFAULT_LEASE_TIMEOUT, "max_deliveries": DEFAULT_MAX_DELIVERIES}
-    options.update(_dict(value))
-    for key, parse in (("lease_timeout", _seconds()), ("max_deliveries", _integer(1))):
-        try:
-            options[key] = parse(options[key])
-        except ValueError as exc:
-            raise ValueError(f"a dict whose {key!r} is {exc}") from None
-    return options
-
-
-def _log_level(value: Any) -> str:
-    """A logging level name."""
-    if isinstance(value, str) and value.strip().upper() in _LOG_LEVELS:
-        return value.strip().upper()
-    raise ValueError("a log level name: " + ", ".join(_LOG_LEVELS))
-
-
-def _timezone(value: Any) -> str:
-    """An IANA time zone name that zoneinfo knows."""
-    if isinstance(value, ZoneInfo):
-        return value.key
-    if isinstance(value, str) and value:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            pass
-        else:
-            return value
-    raise ValueError("an IANA time zone name such as 'UTC' or 'Europe/Paris'")
-
-
-def _routes(value: Any) -> Any:
-    """A router dict, a list of routers, a router's dotted path, or a callable; kept as is."""
-    if value is None or isinstance(value, Mapping | list | tuple | str) or callable(value):
-        return value
-    raise ValueError("None, a dict, a list, a dotted path or a callable")
-
-
-def _annotations(value: Any) -> Any:
-    """An annotations dict, a list of them, or an object with annotate(); kept as is."""
-    if value is None or isinstance(value, Mapping | list | tuple) or hasattr(value, "annotate"):
-        return value
-    raise ValueError("None, a dict, a list, or an object with an annotate() method")
-
-
-def _rate_limit(value: Any) -> Any:
-    """None, tasks per second, or '<n>/s', '<n>/m', '<n>/h'; kept as given."""
-    if value is None:
-        return None
-    number = _as_number(value) if not isinstance(value, str) else None
-    if (number is not None and number >= 0) or (
-        isinstance(value, str) and _RATE.fullmatch(value.replace(" ", ""))
-    ):
-        return value
-    raise ValueError("None, tasks per second, or a rate such as '10/s', '100/m', '1000/h'")
-
-
-def _beat_schedule(value: Any) -> dict[str, Any]:
-    """Named entries, each a dict with at least 'task' and 'schedule'."""
-    expected = "a dict of entries, each a dict with 'task' and 'schedule'"
-    if not isinstance(value, Mapping):
-        raise ValueError(expected)
-    schedule = {}
-    for name, entry in value.items():
-        if not isinstance(entry, Mapping) or "task" not in entry or "schedule" not in entry:
-            raise ValueError(f"{expected} (entry {name!r} is not)")
-        schedule[name] = dict(entry)
-    return schedule
-
+_BROKER_DEFAULTS = {
+    "lease_timeout": DEFAULT_LEASE_TIMEOUT, "max_deliveries": DEFAULT_MAX_DELIVERIES,
+}  # fmt: skip
 
 # -- the table ----------------------------------------------------------------------------------
 
@@ -299,166 +98,175 @@ class _Table:
     # -- broker
     broker_url: Setting[str | None] = Setting(
         "broker_url", None, f"Where tasks are sent; None means {DEFAULT_BROKER_URL!r}.",
-        _optional(_url), env="CELERIAC_BROKER_URL")
+        parse.optional(parse.url), env="CELERIAC_BROKER_URL")
     broker_transport_options: Setting[dict[str, Any]] = Setting(
         "broker_transport_options",
-        {"lease_timeout": DEFAULT_LEASE_TIMEOUT, "max_deliveries": DEFAULT_MAX_DELIVERIES},
+        _BROKER_DEFAULTS,
         "Broker options: lease_timeout (seconds), max_deliveries, and engine-specific keys.",
-        _broker_options)
+        parse.broker_options(_BROKER_DEFAULTS))
     broker_connection_retry = Setting(
-        "broker_connection_retry", True, "Reconnect when the broker connection is lost.", _boolean)
+        "broker_connection_retry", True, "Reconnect when the broker connection is lost.",
+        parse.boolean)
     broker_connection_retry_on_startup = Setting(
         "broker_connection_retry_on_startup", True,
-        "Retry the first broker connection instead of failing at startup.", _boolean)
+        "Retry the first broker connection instead of failing at startup.", parse.boolean)
     broker_connection_max_retries: Setting[int | None] = Setting(
         "broker_connection_max_retries", 100,
-        "Reconnect attempts before giving up; None or 0 retries forever.", _optional(_integer(0)))
+        "Reconnect attempts before giving up; None or 0 retries forever.",
+        parse.optional(parse.integer(0)))
     # -- results
     result_backend: Setting[str | None] = Setting(
         "result_backend", None, "Where results are stored; None means the broker's own store.",
-        _optional(_text), env="CELERIAC_RESULT_BACKEND")
+        parse.optional(parse.text), env="CELERIAC_RESULT_BACKEND")
     result_backend_transport_options: Setting[dict[str, Any]] = Setting(
         "result_backend_transport_options", {}, "Engine-specific options for the result store.",
-        _dict)
+        parse.mapping)
     result_serializer = Setting(
-        "result_serializer", "json", "Serializer for stored results.", _text)
+        "result_serializer", "json", "Serializer for stored results.", parse.text)
     result_accept_content: Setting[list[str] | None] = Setting(
         "result_accept_content", None,
         "Serializers a client accepts in results; None means accept_content.",
-        _optional(_str_list))
+        parse.optional(parse.str_list))
     result_expires: Setting[float | None] = Setting(
         "result_expires", 86400.0, "Seconds a stored result is kept; None keeps it forever.",
-        _optional(_seconds()))
+        parse.optional(parse.seconds()))
     result_extended = Setting(
         "result_extended", False,
         "Store the task's name, args, kwargs, worker, retries and queue with its result.",
-        _boolean)
+        parse.boolean)
     result_chord_join_timeout = Setting(
         "result_chord_join_timeout", 3.0, "Seconds a chord waits to join its header's results.",
-        _seconds())
+        parse.seconds())
     # -- tasks
-    task_serializer = Setting("task_serializer", "json", "Serializer for task messages.", _text)
+    task_serializer = Setting("task_serializer", "json", "Serializer for task messages.",
+        parse.text)
     accept_content: Setting[list[str]] = Setting(
         "accept_content", ["json"],
-        "Serializers a worker accepts; pickle is refused unless listed.", _str_list)
+        "Serializers a worker accepts; pickle is refused unless listed.", parse.str_list)
     task_default_queue = Setting(
         "task_default_queue", "celeriac", "Queue for tasks that name none and match no route.",
-        _text)
+        parse.text)
     task_default_priority = Setting(
-        "task_default_priority", 0, "Priority (0-9) of tasks that set none.", _integer(0, 9))
+        "task_default_priority", 0, "Priority (0-9) of tasks that set none.", parse.integer(0, 9))
     task_routes: Setting[Any] = Setting(
-        "task_routes", None, "Where tasks go: a dict, a list of routers, or a callable.", _routes)
+        "task_routes", None, "Where tasks go: a dict, a list of routers, or a callable.",
+        parse.routes)
     task_create_missing_queues = Setting(
         "task_create_missing_queues", True,
-        "Create a queue on first use instead of refusing tasks routed to it.", _boolean)
+        "Create a queue on first use instead of refusing tasks routed to it.", parse.boolean)
     task_acks_late = Setting(
         "task_acks_late", True,
         "Acknowledge after the task finishes, so a crash runs it again (Celery: before).",
-        _boolean)
+        parse.boolean)
     task_acks_on_failure_or_timeout = Setting(
         "task_acks_on_failure_or_timeout", True,
-        "With late acks, acknowledge tasks that failed or timed out too.", _boolean)
+        "With late acks, acknowledge tasks that failed or timed out too.", parse.boolean)
     task_reject_on_worker_lost = Setting(
         "task_reject_on_worker_lost", False,
         "Give a task back to the broker when its worker process dies, instead of failing it.",
-        _boolean)
+        parse.boolean)
     task_time_limit: Setting[float | None] = Setting(
         "task_time_limit", None, "Hard limit in seconds: the process running the task is killed.",
-        _optional(_seconds()))
+        parse.optional(parse.seconds()))
     task_soft_time_limit: Setting[float | None] = Setting(
         "task_soft_time_limit", None,
         "Soft limit in seconds: SoftTimeLimitExceeded is raised inside the task.",
-        _optional(_seconds()))
+        parse.optional(parse.seconds()))
     task_ignore_result = Setting(
         "task_ignore_result", False, "Store no result for tasks that do not say otherwise.",
-        _boolean)
+        parse.boolean)
     task_store_errors_even_if_ignored = Setting(
         "task_store_errors_even_if_ignored", False,
-        "Store failures even for tasks that ignore their results.", _boolean)
+        "Store failures even for tasks that ignore their results.", parse.boolean)
     task_track_started = Setting(
         "task_track_started", False, "Record the STARTED state when a worker begins a task.",
-        _boolean)
+        parse.boolean)
     task_always_eager = Setting(
         "task_always_eager", False,
-        "Run tasks at once in the calling process instead of sending them.", _boolean)
+        "Run tasks at once in the calling process instead of sending them.", parse.boolean)
     task_eager_propagates = Setting(
         "task_eager_propagates", False, "Eager tasks raise their exceptions to the caller.",
-        _boolean)
+        parse.boolean)
     task_default_rate_limit: Setting[Any] = Setting(
         "task_default_rate_limit", None,
         "Rate limit for tasks that set none: '10/s', '100/m', '1000/h' or tasks per second.",
-        _rate_limit)
+        parse.rate_limit)
     task_default_rate_limit_scope = Setting(
         "task_default_rate_limit_scope", "cluster",
         "Rate limits hold for all workers together ('cluster') or for each one ('worker').",
-        _choice("cluster", "worker"))
+        parse.choice("cluster", "worker"))
     task_annotations: Setting[Any] = Setting(
-        "task_annotations", None, "Task attributes to override, by task name.", _annotations)
+        "task_annotations", None, "Task attributes to override, by task name.",
+        parse.annotations_map)
     task_publish_retry = Setting(
         "task_publish_retry", True, "Retry sending a task when the broker connection fails.",
-        _boolean)
+        parse.boolean)
     task_send_sent_event = Setting(
         "task_send_sent_event", False, "Send a task-sent event when a task is published.",
-        _boolean)
+        parse.boolean)
     control_signing_key: Setting[str | None] = Setting(
         "control_signing_key", None,
         "Secret that signs remote control (HMAC-SHA256); workers then refuse unsigned commands.",
-        _optional(_text), env="CELERIAC_CONTROL_KEY")
+        parse.optional(parse.text), env="CELERIAC_CONTROL_KEY")
     # -- worker
     worker_concurrency: Setting[int | None] = Setting(
         "worker_concurrency", None, "Pool processes or threads; None means the number of CPUs.",
-        _optional(_integer(1)))
+        parse.optional(parse.integer(1)))
     worker_pool = Setting(
         "worker_pool", "prefork", "How tasks run: prefork, threads, solo or asyncio.",
-        _choice("prefork", "threads", "solo", "asyncio"))
+        parse.choice("prefork", "threads", "solo", "asyncio"))
     worker_prefetch_multiplier = Setting(
         "worker_prefetch_multiplier", 4,
-        "Messages held ahead per pool slot; 0 disables prefetch.", _integer(0))
+        "Messages held ahead per pool slot; 0 disables prefetch.", parse.integer(0))
     worker_max_tasks_per_child: Setting[int | None] = Setting(
         "worker_max_tasks_per_child", None, "Replace a pool process after this many tasks.",
-        _optional(_integer(1)))
+        parse.optional(parse.integer(1)))
     worker_max_memory_per_child: Setting[int | None] = Setting(
         "worker_max_memory_per_child", None,
         "Replace a pool process whose resident memory passes this many KiB.",
-        _optional(_integer(1)))
+        parse.optional(parse.integer(1)))
     worker_send_task_events = Setting(
-        "worker_send_task_events", False, "Send task events for monitors (worker -E).", _boolean)
+        "worker_send_task_events", False, "Send task events for monitors (worker -E).",
+        parse.boolean)
     event_history_length = Setting(
         "event_history_length", 100,
         "Recent event batches the broker keeps for monitors started later; 0 keeps none.",
-        _integer(0))
+        parse.integer(0))
     event_history_age = Setting(
         "event_history_age", 3600.0, "Seconds the broker keeps a batch of recent events.",
-        _seconds())
+        parse.seconds())
     worker_shutdown_timeout = Setting(
         "worker_shutdown_timeout", 30.0, "Seconds running tasks get to finish after SIGTERM.",
-        _seconds(zero=True))
+        parse.seconds(zero=True))
     worker_hijack_root_logger = Setting(
         "worker_hijack_root_logger", True, "Let the worker replace the root logger's handlers.",
-        _boolean)
+        parse.boolean)
     worker_redirect_stdouts = Setting(
-        "worker_redirect_stdouts", True, "Send what tasks print to the log.", _boolean)
+        "worker_redirect_stdouts", True, "Send what tasks print to the log.", parse.boolean)
     worker_redirect_stdouts_level = Setting(
-        "worker_redirect_stdouts_level", "WARNING", "Log level of what tasks print.", _log_level)
+        "worker_redirect_stdouts_level", "WARNING", "Log level of what tasks print.",
+        parse.log_level)
     worker_log_format = Setting(
-        "worker_log_format", f"{_LOG_FORMAT} %(message)s", "Format of worker log lines.", _text)
+        "worker_log_format", f"{_LOG_FORMAT} %(message)s", "Format of worker log lines.",
+        parse.text)
     worker_task_log_format = Setting(
         "worker_task_log_format", f"{_LOG_FORMAT} %(task_name)s[%(task_id)s]: %(message)s",
-        "Format of log lines written by tasks.", _text)
+        "Format of log lines written by tasks.", parse.text)
     # -- time, modules, beat
     timezone = Setting(
-        "timezone", "UTC", "Time zone (IANA name) for schedules and displayed times.", _timezone)
-    enable_utc = Setting("enable_utc", True, "Keep dates in messages in UTC.", _boolean)
+        "timezone", "UTC", "Time zone (IANA name) for schedules and displayed times.",
+        parse.timezone)
+    enable_utc = Setting("enable_utc", True, "Keep dates in messages in UTC.", parse.boolean)
     imports: Setting[list[str]] = Setting(
-        "imports", [], "Modules a worker imports at startup to register tasks.", _str_list)
+        "imports", [], "Modules a worker imports at startup to register tasks.", parse.str_list)
     include: Setting[list[str]] = Setting(
-        "include", [], "More modules to import at startup, after imports.", _str_list)
+        "include", [], "More modules to import at startup, after imports.", parse.str_list)
     beat_schedule: Setting[dict[str, Any]] = Setting(
         "beat_schedule", {}, "Periodic tasks: name -> {'task', 'schedule', 'args', ...}.",
-        _beat_schedule)
+        parse.beat_schedule)
     beat_max_loop_interval = Setting(
         "beat_max_loop_interval", 300.0, "Most seconds beat sleeps between schedule checks.",
-        _seconds())
+        parse.seconds())
 
 
 SETTINGS: dict[str, Setting[Any]] = {
