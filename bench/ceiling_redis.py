@@ -32,10 +32,10 @@ def _scripts(client: redis.Redis) -> dict[str, Any]:
 
 
 def _publish_args(count: int, body: bytes) -> tuple[list[str], list[Any]]:
-    keys = [PREFIX + "ids"]
+    keys: list[str] = []
     args: list[Any] = []
     for _ in range(count):
-        keys += [BASE + "ready", BASE + "delayed", BASE + "wake"]
+        keys += [BASE + "ids", BASE + "ready", BASE + "delayed", BASE + "wake"]
         args += [BASE, body, 0, ""]
     return keys, args
 
@@ -66,9 +66,9 @@ def enqueue_bulk(url: str, body: bytes, n: int, batch: int = 1000) -> float:
 def _consume(url: str, limit: int, result: bytes) -> None:
     client = redis.Redis.from_url(url, protocol=2)
     scripts = _scripts(client)
-    keys = [BASE + "ready", BASE + "delayed", BASE + "leased", BASE + "wake", PREFIX + "dead"]
+    keys = [BASE + "ready", BASE + "delayed", BASE + "leased", BASE + "wake", BASE + "dead"]
     while True:
-        args = [limit, 30000, 3, secrets.token_hex(8) + "-", PREFIX + "dead:", 1000, "q", BASE]
+        args = [limit, 30000, 3, secrets.token_hex(8) + "-", 1000, "q", BASE]
         reply = scripts["claim"](keys, args)
         if len(reply) == 1:
             return

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import CELERIAC_ENV, WorkerProcess, sqlite_url
-from redis_server import RedisServer
+from redis_server import RedisClusterServers, RedisServer
 
 from celeriac import Celeriac
 from celeriac.testing import WorkerThread, start_worker
@@ -104,6 +104,14 @@ def redis_server() -> Iterator[RedisServer]:
     """One redis-server for a test module's Redis tests (skipped without it, failed under CI)."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of three masters for a test module (skipped without redis-server and
+    redis-cli, failed under CI): ``url`` is its ``redis+cluster://`` URL, ``flush()`` empties it."""
+    with RedisClusterServers() as cluster:
+        yield cluster
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -1,7 +1,9 @@
-"""A real ``redis-server`` for tests: a free port, a temporary directory, stopped on teardown.
+"""A real ``redis-server`` for tests: a free port, a temporary directory, stopped on teardown;
+and a real Redis Cluster of several of them (``RedisClusterServers``).
 
-The tests never use a Redis that happens to run on the machine. Without ``redis-server`` the
-Redis tests are skipped, except under CI (``CI=true``), where they fail: CI must install it.
+The tests never use a Redis that happens to run on the machine. Without ``redis-server`` (or
+``redis-cli``, for a cluster) the Redis tests are skipped, except under CI (``CI=true``), where
+they fail: CI must install it. A server or cluster that does not start fails the test.
 """
 
 from __future__ import annotations
@@ -152,3 +154,90 @@ class RedisServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.cleanup()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` ``redis-server`` processes, no replicas, on free ports.
+
+    Each node runs in a directory of its own (its ``nodes.conf`` there); ``redis-cli --cluster
+    create`` spreads the 16384 slots over them, and ``start`` returns once every node reports
+    ``cluster_state:ok``. ``url`` is the ``redis+cluster://`` URL of the first node.
+    """
+
+    def __init__(self, masters: int = 3) -> None:
+        self.cli = shutil.which("redis-cli")
+        require_redis_server()
+        if self.cli is None:
+            message = "redis-cli is not installed; the Redis Cluster tests need it"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+        self.nodes = [RedisServer(args=CLUSTER_ARGS) for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:PORT`` of the first node (it finds the others)."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> RedisClusterServers:
+        """Start every node, join them into one cluster, and wait until it serves all slots."""
+        for node in self.nodes:
+            node.start()
+        assert self.cli is not None
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        create = [self.cli, "--cluster", "create", *addresses]
+        done = subprocess.run(
+            [*create, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{output}")
+        deadline = time.monotonic() + START_TIMEOUT * 3
+        while not all(self._state_ok(node) for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        return self
+
+    def flush(self) -> None:
+        """Empty every node (``FLUSHALL`` on each: a cluster client cannot do it in one go)."""
+        import redis  # the dev extra has it; only the Redis tests get here
+
+        for node in self.nodes:
+            with redis.Redis(port=node.port) as client:
+                client.flushall()
+
+    def _state_ok(self, node: RedisServer) -> bool:
+        assert self.cli is not None
+        done = subprocess.run(
+            [self.cli, "-p", str(node.port), "cluster", "info"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        return b"cluster_state:ok" in done.stdout
+
+    def cleanup(self) -> None:
+        """Stop every node and remove their directories."""
+        for node in self.nodes:
+            node.cleanup()
+
+    def __enter__(self) -> RedisClusterServers:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+
+#: ``redis-server`` arguments of a cluster node (its config file goes to its own directory).
+CLUSTER_ARGS = (
+    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+    "--cluster-node-timeout", "5000",
+)  # fmt: skip

@@ -16,6 +16,8 @@ SCHEMES: dict[str, str] = {
     "sqlite": "celeriac.transports.sqlite:SQLiteTransport",
     "redis": "celeriac.transports.redis:RedisTransport",
     "rediss": "celeriac.transports.redis:RedisTransport",
+    "redis+cluster": "celeriac.transports.redis:RedisTransport",
+    "rediss+cluster": "celeriac.transports.redis:RedisTransport",
     "unix": "celeriac.transports.redis:RedisTransport",
 }
 

@@ -2,22 +2,28 @@
 messages and unique keys (the contract is in ``base.py``). Each runs after ``LIB`` of
 ``redis_scripts.py``, and judges time by the server's clock.
 
-Key layout (``P`` is the prefix option), beside the queue keys of ``redis/__init__.py``::
+Key layout (``P`` is the prefix option), beside the queue keys of ``redis/__init__.py``. The
+hash tag ``{k}`` keeps the keys of one limit in one cluster slot, and a unique key lives in the
+slot of its queue, so that every script touches one slot::
 
-    P limit:<k>          hash   free_at (ms: when the next turn is free), interval (as sent)
-    P limit:<k>:turns    zset   claim -> ms: the turns reserved for deferred messages
-    P slots:<k>          zset   holder (a lease token) -> ms: when its slot runs out
-    P slots:<k>:waiting  zset   "<id>:<queue>" -> ms of its first wait: the line for a slot
-    P unique:<k>         string the name of the message hash that holds the key; free once
+    P limit:{k}          hash   free_at (ms: when the next turn is free), interval (as sent)
+    P limit:{k}:turns    zset   claim -> ms: the turns reserved for deferred messages
+    P slots:{k}          zset   holder (a lease token) -> ms: when its slot runs out
+    P slots:{k}:waiting  zset   "<n>:<queue>" -> ms of its first wait: the line for a slot
+    P{q}:unique:<k>      string the name of the message hash that holds the key; free once
                                 that hash is gone (acknowledged, dead-lettered or purged)
 
 Rate and slot keys expire by themselves once idle, so that an idle Redis is left empty.
+``DEFER`` with a line to wait in and ``RELEASE_SLOTS`` touch a limit's keys and a queue's: on
+Redis Cluster each is done in steps instead, one slot at a time (``WAIT_IN_LINE``,
+``FREE_SLOT`` and ``WAKE_WAITING``).
 """
 
 from __future__ import annotations
 
-# KEYS: ids, ready, delayed, wake, unique. ARGV: base, body, priority, due ms ('' for now).
-# Returns {id, 1} when published, {the holder's id, 0} when a live message holds the key.
+# KEYS: ids, ready, delayed, wake, unique (all the queue's). ARGV: base, body, priority, due ms
+# ('' for now). Returns {n, 1} when published, {the holder's n, 0} when a live message holds the
+# key.
 PUBLISH_UNIQUE = r"""
 local holder = redis.call('GET', KEYS[5])
 if holder and redis.call('EXISTS', holder) == 1 then
@@ -144,5 +150,30 @@ for i = 1, #KEYS / 2 do
     redis.call('ZREM', waiting, member)  -- running, woken already, or gone
   end
 end
+return 1
+"""
+
+# -- Redis Cluster: the steps of DEFER and RELEASE_SLOTS, one slot each ----------------------
+
+# KEYS: waiting. ARGV: member ("<n>:<queue>"). Joins the line for a slot of the key.
+WAIT_IN_LINE = r"""
+local _, now_ms = clock()
+redis.call('ZADD', KEYS[1], 'NX', now_ms, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return 1
+"""
+
+# KEYS: slots, waiting. ARGV: holder, scan. Frees the holder's slot; returns the first members
+# of the line, for WAKE_WAITING.
+FREE_SLOT = r"""
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+"""
+
+# KEYS: delayed, ready, wake (one queue's). ARGV: base, id. Makes the message ready if it still
+# waits (is delayed): 1, else 0.
+WAKE_WAITING = r"""
+if redis.call('ZREM', KEYS[1], ARGV[2]) == 0 then return 0 end
+make_ready(KEYS[2], KEYS[3], ARGV[1] .. 'm:' .. ARGV[2], ARGV[2])
 return 1
 """

@@ -56,11 +56,11 @@ local function free_unique(msg)  -- a unique message's key is free once it is go
   if key and redis.call('GET', key) == msg then redis.call('DEL', key) end
 end
 
-local function bury(msg, id, queue, reason, now, dead, dead_prefix)
+local function bury(msg, id, queue, reason, now, dead, letter)  -- dead, letter: the queue's
   free_unique(msg)
   redis.call('HDEL', msg, 'lease')
   redis.call('HSET', msg, 'queue', queue, 'reason', reason, 'dead_at', string.format('%.6f', now))
-  redis.call('RENAME', msg, dead_prefix .. id)
+  redis.call('RENAME', msg, letter)
   redis.call('ZADD', dead, now, id)
 end
 
@@ -76,15 +76,16 @@ end
 """
 )
 
-# From KEYS[k0]: ids, then per item ready, delayed, wake. From ARGV[a0 + 1], per item: base,
-# body, priority, due ms ('' for now). Returns the new ids.
+# From KEYS[k0 + 1], per item: ids (the queue's counter), ready, delayed, wake. From
+# ARGV[a0 + 1], per item: base, body, priority, due ms ('' for now). Returns the new ids, each
+# a number within its queue.
 _PUBLISH_ITEMS = r"""
 local function publish_items(k0, a0)
   local _, now_ms = clock()
   local ids = {}
-  for i = 1, (#KEYS - k0) / 3 do
-    local k, a = k0 + (i - 1) * 3, a0 + (i - 1) * 4
-    local id = redis.call('INCR', KEYS[k0])
+  for i = 1, (#KEYS - k0) / 4 do
+    local k, a = k0 + (i - 1) * 4 + 1, a0 + (i - 1) * 4
+    local id = redis.call('INCR', KEYS[k])
     local msg = ARGV[a + 1] .. 'm:' .. id
     redis.call('HSET', msg, 'body', ARGV[a + 2], 'priority', ARGV[a + 3], 'deliveries', 0)
     local due = ARGV[a + 4]
@@ -101,10 +102,10 @@ end
 """
 
 # KEYS and ARGV: as publish_items reads them, from the start.
-PUBLISH = _PUBLISH_ITEMS + "return publish_items(1, 0)\n"
+PUBLISH = _PUBLISH_ITEMS + "return publish_items(0, 0)\n"
 
-# KEYS: the once key, then PUBLISH's. ARGV: ttl ms ('0': none), then PUBLISH's.
-# Returns false (the key exists: nothing published) or the new ids.
+# KEYS: the once key, then PUBLISH's. ARGV: ttl ms ('0': none), the channel to publish the
+# write on, then PUBLISH's. Returns false (the key exists: nothing published) or the new ids.
 PUBLISH_ONCE = (
     _PUBLISH_ITEMS
     + r"""
@@ -114,24 +115,25 @@ if ARGV[1] == '0' then
 else
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 end
-redis.call('PUBLISH', KEYS[1], '')
-return publish_items(2, 1)
+redis.call('PUBLISH', ARGV[2], '')
+return publish_items(1, 2)
 """
 )
 
-# KEYS: per queue ready, delayed, leased, wake; then dead. ARGV: limit, lease ms, max deliveries,
-# token prefix, dead prefix, timer batch, then per queue: name, base.
+# KEYS: per queue ready, delayed, leased, wake, dead. ARGV: limit, lease ms, max deliveries,
+# token prefix, timer batch, then per queue: name, base.
 # Returns {ms until the next timer (-1: none; 0 when something was leased), then per delivery:
 # queue index, id, body, priority, deliveries, token}.
 CLAIM = r"""
 local limit, lease_ms, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local token_prefix, dead_prefix, batch = ARGV[4], ARGV[5], tonumber(ARGV[6])
-local dead = KEYS[#KEYS]
+local token_prefix, batch = ARGV[4], tonumber(ARGV[5])
 local now, now_ms = clock()
 local queues = {}
-for q = 1, (#KEYS - 1) / 4 do
-  queues[q] = {ready = KEYS[q * 4 - 3], delayed = KEYS[q * 4 - 2], leased = KEYS[q * 4 - 1],
-               wake = KEYS[q * 4], name = ARGV[5 + q * 2], base = ARGV[6 + q * 2]}
+for q = 1, #KEYS / 5 do
+  local k = (q - 1) * 5
+  queues[q] = {ready = KEYS[k + 1], delayed = KEYS[k + 2], leased = KEYS[k + 3],
+               wake = KEYS[k + 4], dead = KEYS[k + 5], name = ARGV[4 + q * 2],
+               base = ARGV[5 + q * 2]}
 end
 
 local function promote(q)  -- due delayed messages become ready
@@ -150,7 +152,7 @@ local function reclaim(q)  -- expired leases: deliver again, or dead-letter at m
     redis.call('HDEL', msg, 'lease')
     add_event(msg, {at = now, event = 'lease_expired', deliveries = deliveries})
     if deliveries >= max then
-      bury(msg, id, q.name, 'lease_expired', now, dead, dead_prefix)
+      bury(msg, id, q.name, 'lease_expired', now, q.dead, q.base .. 'dead:' .. id)
     else
       make_ready(q.ready, q.wake, msg, id)
     end
@@ -255,8 +257,25 @@ end
 return out
 """
 
+# KEYS, ARGV and reply: EXTEND's. Also frees each held message's unique key: on a cluster,
+# ``complete`` holds the lease this way before it writes the results, and a task whose result
+# can be seen may be queued again.
+HOLD = r"""
+local _, now_ms = clock()
+local out = {}
+for i = 1, #KEYS / 2 do
+  out[i] = 0
+  if held(KEYS[i * 2], ARGV[i * 2 + 1]) then
+    redis.call('ZADD', KEYS[i * 2 - 1], 'XX', now_ms + tonumber(ARGV[1]), ARGV[i * 2])
+    free_unique(KEYS[i * 2])
+    out[i] = 1
+  end
+end
+return out
+"""
+
 # KEYS: leased, ready, wake, message, dead. ARGV: id, token, has reason ('1'/'0'), reason,
-# max deliveries, queue, dead prefix, detail (JSON object text, '' for none).
+# max deliveries, queue, dead letter (its key), detail (JSON object text, '' for none).
 RELEASE = r"""
 local leased, ready, wake, msg, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id = ARGV[1]
@@ -300,8 +319,8 @@ end
 return 1
 """
 
-# KEYS: leased, message, dead. ARGV: id, token, reason, queue, dead prefix, detail (JSON object
-# text, '' for none).
+# KEYS: leased, message, dead. ARGV: id, token, reason, queue, dead letter (its key), detail
+# (JSON object text, '' for none).
 DEAD_LETTER = r"""
 local leased, msg, dead = KEYS[1], KEYS[2], KEYS[3]
 if not held(msg, ARGV[2]) then return 0 end
@@ -342,7 +361,7 @@ end
 return removed
 """
 
-# KEYS: dead. ARGV: dead prefix, batch. Returns how many dead letters it deleted.
+# KEYS: dead (a queue's). ARGV: its letters' key prefix, batch. Returns how many it deleted.
 PURGE_DEAD = r"""
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 for _, id in ipairs(ids) do redis.call('DEL', ARGV[1] .. id) end
@@ -356,4 +375,20 @@ local value = redis.call('INCRBY', KEYS[1], ARGV[1])
 if ARGV[2] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 redis.call('PUBLISH', ARGV[3], '')
 return value
+"""
+
+# KEYS: key. ARGV: value, ttl ms ('0': none), channel.
+PUT = r"""
+if ARGV[2] == '0' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+redis.call('PUBLISH', ARGV[3], '')
+return 1
+"""
+
+# KEYS: ready, delayed, leased. Returns how many messages the queue holds.
+SIZE = r"""
+return redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3])
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_server import RedisServer
+from redis_server import RedisClusterServers, RedisServer
 
 from celeriac.transports import Transport, open_transport
 
@@ -22,7 +22,7 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 def make_transport(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeTransport]:
     """Open clients of one fresh broker of the engine under test; options per client."""
     defaults: dict[str, Any] = {}
@@ -38,6 +38,10 @@ def make_transport(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[M
 
         with redis.Redis.from_url(url) as client:
             client.flushdb()  # one server for the session: each test starts on an empty db
+    elif request.param == "redis-cluster":
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        cluster.flush()  # one cluster per module: each test starts on empty nodes
+        url = cluster.url
     else:  # pragma: no cover - a new engine must say how to reach it
         raise AssertionError(f"no setup for engine {request.param!r}")
     opened: list[Transport] = []

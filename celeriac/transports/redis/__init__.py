@@ -1,26 +1,32 @@
 """The production broker: queues, keys and topics in Redis (6.0 or newer).
 
 URLs: ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS, certificates checked
-unless ``ssl_cert_reqs`` says otherwise) and ``unix:///path/to/redis.sock?db=N``. The client is
-redis-py (with hiredis when installed), the ``celeriac[redis]`` extra.
+unless ``ssl_cert_reqs`` says otherwise), ``unix:///path/to/redis.sock?db=N``, and for Redis
+Cluster ``redis+cluster://[user:password@]host:port`` (``rediss+cluster://`` with TLS), naming
+any one node: the client learns the others from it. The client is redis-py (with hiredis when
+installed), the ``celeriac[redis]`` extra.
 
-Key layout (``P`` is the ``prefix`` option, ``celeriac:`` by default). The keys of one queue
-carry the hash tag ``{queue}``, so that under Redis Cluster they share one slot::
+Key layout (``P`` is the ``prefix`` option, ``celeriac:`` by default), the same on one server
+and on a cluster. The keys of one queue carry the hash tag ``{queue}``, so that on a cluster
+they share one slot and every script touches one slot; a message is numbered within its queue,
+and its id is ``<queue>:<n>``::
 
-    P{q}:ready     zset   id -> (9 - priority) * 2**46 + id: most urgent first, then publish order
-    P{q}:delayed   zset   id -> due time, ms since the epoch
-    P{q}:leased    zset   id -> lease expiry, ms since the epoch (the Redis server's clock)
-    P{q}:m:<id>    hash   body, priority, deliveries, lease (the holder's token, while leased),
+    P{q}:ready     zset   n -> (9 - priority) * 2**46 + n: most urgent first, then publish order
+    P{q}:delayed   zset   n -> due time, ms since the epoch
+    P{q}:leased    zset   n -> lease expiry, ms since the epoch (the Redis server's clock)
+    P{q}:m:<n>     hash   body, priority, deliveries, lease (the holder's token, while leased),
                           history (JSON list of failed deliveries, once there is one),
-                          unique (the P unique:<k> key it holds, if published unique)
+                          unique (the P{q}:unique:<k> key it holds, if published unique)
     P{q}:wake      list   at most one token, pushed when work may be ready; idle fetchers BLPOP it
-    P ids          string the message id counter (ids are global, so publish order is too)
-    P dead         zset   id -> dead_at, seconds: the dead-letter queue, newest last
-    P dead:<id>    hash   a dead letter: the message hash plus queue, reason and dead_at
+    P{q}:ids       string the queue's message counter
+    P{q}:dead      zset   n -> dead_at, seconds: the queue's dead letters, newest last
+    P{q}:dead:<n>  hash   a dead letter: the message hash plus queue, reason and dead_at
+    P{q}:once:<k>  string on a cluster, what ``publish_once`` sets beside its key (below)
+    P queues       set    the queues fetched from: where the dead-letter queue is looked for
     P key:<k>      string a key of ``put``/``incr``; a write also publishes on channel P key:<k>
     (channel)             P topic:<t>, for ``broadcast``/``listen`` (plain pub/sub)
-    P limit:*, P slots:*, P unique:*   rate turns, concurrency slots, unique keys: see
-                          ``redis_limits.py``, which holds their scripts too
+    P limit:{k}*, P slots:{k}*, P{q}:unique:<k>   rate turns, concurrency slots, unique keys:
+                          see ``redis_limits.py``, which holds their scripts too
 
 Options (``broker_transport_options``): ``max_deliveries`` (see the contract), ``prefix``,
 ``socket_timeout`` (seconds, default 10), ``health_check_interval`` (seconds between pings of
@@ -29,14 +35,19 @@ operation fails with ``TransportError``; default 6, about 3.5 s), ``ssl_cert_req
 (``required``, ``optional`` or ``none``) and ``ssl_ca_certs`` for ``rediss://``.
 ``lease_timeout`` is read by the worker, not here.
 
-Limits: Redis Cluster is not supported yet: the id counter, the dead-letter keys, result keys
-and fetching from several queues at once cross slots. A publish retried after the connection
-dropped mid-reply may enqueue twice (delivery is at-least-once anyway).
+Limits: a publish retried after the connection dropped mid-reply may enqueue twice (delivery
+is at-least-once anyway). A unique key is unique within its queue. On a cluster, what spans
+slots goes in steps, one slot at a time (see ``cluster.py``): a batch for queues in several
+slots is all-or-none per slot; a fetch from queues in several slots takes from one slot after
+another, so priorities order messages within a slot only; ``complete`` holds the lease, writes
+the results, then acknowledges; ``publish_once`` sets a guard in its first queue's slot
+together with the publish, then its key.
 
 The parts, one a module: ``connection`` (the client, reconnection, fork safety, the server
-checks), ``queue`` (publish, fetch and leases), ``dead_letters``, ``keys`` (and ``wait``) and
-``topics``; the Lua scripts are in ``redis_scripts.py``. This module puts them together with
-the limits.
+checks, key names), ``cluster`` (what Redis Cluster changes), ``queue`` (publish and fetch),
+``wake`` (an idle fetcher's wait), ``leases`` (ack, complete, release, retry, extend),
+``dead_letters``, ``keys`` (and ``wait``) and ``topics``; the Lua scripts are in
+``redis_scripts.py``. This module puts them together with the limits.
 """
 
 from __future__ import annotations
@@ -56,9 +67,10 @@ from celeriac.transports.base import (
 )
 
 # First of the parts: it imports redis-py, and names the extra to install when it is missing.
-from celeriac.transports.redis.connection import ms, translated
+from celeriac.transports.redis.connection import message_id, ms, number, translated
 from celeriac.transports.redis.dead_letters import DeadLetters
 from celeriac.transports.redis.keys import Keys
+from celeriac.transports.redis.leases import Leases
 from celeriac.transports.redis.queue import Queues
 from celeriac.transports.redis.topics import Topics
 
@@ -68,10 +80,10 @@ __all__ = ["RedisTransport"]
 WAKE_SCAN = 100
 
 
-class RedisTransport(Queues, DeadLetters, Keys, Topics):
-    """Queues, keys and topics in one Redis server, shared by every host that reaches it."""
+class RedisTransport(Queues, Leases, DeadLetters, Keys, Topics):
+    """Queues, keys and topics in one Redis server or cluster, shared by every host."""
 
-    schemes = ("redis", "rediss", "unix")
+    schemes = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
     # -- limits (the scripts and their keys: redis_limits.py) -----------------------------------
 
@@ -83,35 +95,37 @@ class RedisTransport(Queues, DeadLetters, Keys, Topics):
         check_message(queue, body, due, priority)
         check_name("key", key)
         base = self._base(queue)
-        keys = [self.prefix + "ids", base + "ready", base + "delayed", base + "wake"]
+        keys = [base + "ids", base + "ready", base + "delayed", base + "wake"]
         args: list[Any] = [base, body, priority, "" if due is None else repr(due * 1000)]
-        message_id, published = self._script().publish_unique(
-            [*keys, self.prefix + "unique:" + key], args
-        )
-        return _text(message_id), bool(published)
+        n, published = self._script().publish_unique([*keys, base + "unique:" + key], args)
+        return message_id(queue, n), bool(published)
 
     @translated
     def defer(self, delivery: Delivery, due: float, waiting_on: str | None = None) -> bool:
         """Give a delivery back unstarted until ``due`` (or a slot of ``waiting_on`` frees)."""
         check_due(due)
-        base = self._base(delivery.queue)
-        keys = [base + "leased", base + "ready", base + "delayed", base + "wake"]
-        keys.append(base + "m:" + delivery.message_id)
-        args: list[Any] = [delivery.message_id, delivery.lease, repr(due * 1000)]
-        if waiting_on is None:
+        base, n = self._base(delivery.queue), number(delivery.message_id)
+        keys = [base + "leased", base + "ready", base + "delayed", base + "wake", base + "m:" + n]
+        args: list[Any] = [n, delivery.lease, repr(due * 1000)]
+        if waiting_on is not None:
+            check_name("waiting_on", waiting_on)
+        line, member = self._slots(waiting_on or "") + ":waiting", f"{n}:{delivery.queue}"
+        if waiting_on is None or self.is_cluster:  # on a cluster the line is another slot's
             keys.append(base + "leased")  # not written
             args += ["0", ""]
         else:
-            check_name("waiting_on", waiting_on)
-            keys.append(self.prefix + "slots:" + waiting_on + ":waiting")
-            args += ["1", f"{delivery.message_id}:{delivery.queue}"]
-        return bool(self._script().defer(keys, args))
+            keys.append(line)
+            args += ["1", member]
+        deferred = bool(self._script().defer(keys, args))
+        if deferred and waiting_on is not None and self.is_cluster:
+            self._script().wait_in_line([line], [member])
+        return deferred
 
     @translated
     def throttle(self, key: str, interval: float, claim: str) -> float | None:
         """None: go now; else the broker time of the turn reserved for ``claim``."""
         check_throttle(key, interval, claim)
-        name = self.prefix + "limit:" + key
+        name = f"{self.prefix}limit:{{{key}}}"
         args = [repr(float(interval) * 1000), claim, repr(TURN_GRACE * 1000)]
         turn = self._script().throttle([name, name + ":turns"], args)
         return None if turn is None else float(turn) / 1000
@@ -120,9 +134,7 @@ class RedisTransport(Queues, DeadLetters, Keys, Topics):
     def acquire_slot(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
         """None: ``holder`` holds a slot of ``key``; else when the soonest slot runs out."""
         check_slot(key, holder, limit, ttl)
-        soonest = self._script().acquire_slot(
-            [self.prefix + "slots:" + key], [holder, limit, ms(ttl)]
-        )
+        soonest = self._script().acquire_slot([self._slots(key)], [holder, limit, ms(ttl)])
         return None if soonest is None else float(soonest) / 1000
 
     @translated
@@ -131,7 +143,10 @@ class RedisTransport(Queues, DeadLetters, Keys, Topics):
         check_lease(ttl)
         if not slots:
             return []
-        keys = [self.prefix + "slots:" + key for key, _ in slots]
+        if self.is_cluster:  # each key in a slot of its own
+            renew = self._script().renew_slots
+            return [bool(renew([self._slots(k)], [ms(ttl), h])[0]) for k, h in slots]
+        keys = [self._slots(key) for key, _ in slots]
         held = self._script().renew_slots(keys, [ms(ttl), *(holder for _, holder in slots)])
         return [bool(ok) for ok in held]
 
@@ -140,13 +155,32 @@ class RedisTransport(Queues, DeadLetters, Keys, Topics):
         """Free ``(key, holder)`` slots; wake one message waiting on each key."""
         if not slots:
             return
+        if self.is_cluster:
+            for key, holder in slots:
+                self._release_slot_in_steps(key, holder)
+            return
         keys: list[str] = []
         for key, _ in slots:
-            keys += [self.prefix + "slots:" + key, self.prefix + "slots:" + key + ":waiting"]
+            keys += [self._slots(key), self._slots(key) + ":waiting"]
         args: list[Any] = [self.prefix, WAKE_SCAN, *(holder for _, holder in slots)]
         self._script().release_slots(keys, args)
 
+    def _release_slot_in_steps(self, key: str, holder: str) -> None:
+        """``release_slots`` for one slot on a cluster: free it in the slot of the key, then
+        wake the first message in its line that still waits, in the slot of its queue."""
+        line = self._slots(key) + ":waiting"
+        members = self._script().free_slot([self._slots(key), line], [holder, WAKE_SCAN])
+        gone = []
+        for member in members:
+            n, _, queue = member.decode().partition(":")
+            base = self._base(queue)
+            keys = [base + "delayed", base + "ready", base + "wake"]
+            if self._script().wake_waiting(keys, [base, n]):
+                break  # it keeps its place in the line, in case it has to wait again
+            gone.append(member)  # running, woken already, or gone
+        if gone:
+            self._client().zrem(line, *gone)
 
-def _text(value: Any) -> str:
-    """A script's reply as text (redis-py hands bulk strings back as bytes)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    def _slots(self, key: str) -> str:
+        """The concurrency slots of ``key``; its line is the same name plus ``:waiting``."""
+        return f"{self.prefix}slots:{{{key}}}"

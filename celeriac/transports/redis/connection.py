@@ -1,7 +1,9 @@
 """The Redis client of one process: made on first use and again after a fork, with its scripts.
 
 It reconnects with backoff (``retries``), turns redis-py's errors into ``TransportError``
-naming the server without its password, and checks the server's persistence settings.
+naming the server without its password, and checks the server's persistence settings. A
+``redis+cluster://`` URL makes it a Redis Cluster client (``cluster.py``); the key names, the
+same on both, are at the end.
 """
 
 from __future__ import annotations
@@ -25,19 +27,25 @@ from celeriac.transports.base import Transport
 try:
     import redis
     from redis.backoff import ExponentialBackoff
+    from redis.cluster import RedisCluster
     from redis.commands.core import Script
     from redis.connection import ConnectionPool, parse_url
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise MissingExtraError(
         "the Redis transport needs redis-py: pip install 'celeriac[redis]'"
     ) from exc
 
+from celeriac.transports.redis import cluster  # after the check above: it needs redis-py
+
 DEFAULT_PREFIX = "celeriac:"
 DEFAULT_SOCKET_TIMEOUT = 10.0
 DEFAULT_HEALTH_CHECK_INTERVAL = 30.0
 DEFAULT_RETRIES = 6
+
+#: A client of one server or of a cluster; both take the same commands and scripts.
+Client = redis.Redis | RedisCluster
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -47,7 +55,7 @@ T = TypeVar("T", bound="RedisBase")
 class Scripts:
     """The Lua scripts, registered with one client (redis-py loads them on first use)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         def load(source: str) -> Script:
             return client.register_script(scripts.LIB + source)
 
@@ -56,6 +64,7 @@ class Scripts:
         self.claim = load(scripts.CLAIM)
         self.complete = load(scripts.COMPLETE)
         self.extend = load(scripts.EXTEND)
+        self.hold = load(scripts.HOLD)
         self.release = load(scripts.RELEASE)
         self.retry = load(scripts.RETRY)
         self.dead_letter = load(scripts.DEAD_LETTER)
@@ -63,6 +72,8 @@ class Scripts:
         self.purge = load(scripts.PURGE)
         self.purge_dead = load(scripts.PURGE_DEAD)
         self.incr = load(scripts.INCR)
+        self.put = load(scripts.PUT)
+        self.size = load(scripts.SIZE)
         # limits (redis_limits.py)
         self.publish_unique = load(redis_limits.PUBLISH_UNIQUE)
         self.defer = load(redis_limits.DEFER)
@@ -70,6 +81,9 @@ class Scripts:
         self.acquire_slot = load(redis_limits.ACQUIRE_SLOT)
         self.renew_slots = load(redis_limits.RENEW_SLOTS)
         self.release_slots = load(redis_limits.RELEASE_SLOTS)
+        self.wait_in_line = load(redis_limits.WAIT_IN_LINE)
+        self.free_slot = load(redis_limits.FREE_SLOT)
+        self.wake_waiting = load(redis_limits.WAKE_WAITING)
 
 
 def translated(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P], R]:
@@ -79,8 +93,8 @@ def translated(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T
     def wrapper(self: T, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(self, *args, **kwargs)
-        except RedisError as exc:
-            raise TransportError(f"Redis broker {self.location}: {exc}") from exc
+        except (RedisError, RedisClusterException) as exc:
+            raise TransportError(f"Redis broker {self.location}: {cluster.explain(exc)}") from exc
 
     return wrapper
 
@@ -93,33 +107,45 @@ class RedisBase(Transport):
         scheme, sep, rest = url.partition("://")
         if scheme.lower() not in self.schemes or not sep:
             raise TransportError(f"not a Redis URL: {url!r}")
-        self._client_url = scheme.lower() + "://" + rest
+        #: Whether the server is a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``).
+        self.is_cluster = scheme.lower().endswith("+cluster")
+        self._client_url = scheme.lower().removesuffix("+cluster") + "://" + rest
         try:
-            parse_url(self._client_url)  # type: ignore[no-untyped-call]
+            parsed = parse_url(self._client_url)  # type: ignore[no-untyped-call]
         except ValueError as exc:
             raise TransportError(f"not a usable Redis URL: {_masked(url)} ({exc})") from exc
         self.location = _masked(url)
+        if self.is_cluster:
+            cluster.check_url(self.location, parsed)
         self.prefix = str(self.options.get("prefix", DEFAULT_PREFIX))
         self.socket_timeout = float(self.options.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT))
         self.retries = int(self.options.get("retries", DEFAULT_RETRIES))
         self._pid = pid.current()
         self._lock = threading.Lock()
-        self._redis: redis.Redis | None = None
+        self._redis: Client | None = None
         self._scripts: Scripts | None = None
+        self._registered: dict[str, float] = {}  # queue -> when noted in P queues (monotonic)
+        self._turn = 0  # the slot a fetch from queues in several slots starts with
 
-    def _client(self) -> redis.Redis:
+    def _client(self) -> Client:
         """This process's client, made on first use and again after a fork."""
         client = self._redis
         if client is None or self._pid != pid.current():
             client = self._connect()
         return client
 
-    def _connect(self) -> redis.Redis:
-        """Make the client (no connection opens until the first command)."""
+    def _connect(self) -> Client:
+        """Make the client (a plain one opens no connection until the first command; a
+        cluster client asks the cluster for its nodes and slots at once)."""
         self._forget_parent()
         with self._lock:
             if self._redis is None:
-                client = redis.Redis.from_url(self._client_url, **self._client_options())
+                options = self._client_options()
+                client: Client
+                if self.is_cluster:
+                    client = cluster.connect(self._client_url, options, self.retries)
+                else:
+                    client = redis.Redis.from_url(self._client_url, **options)
                 self._scripts, self._redis = Scripts(client), client
             return self._redis
 
@@ -157,13 +183,21 @@ class RedisBase(Transport):
             assert scripts is not None
         return scripts
 
+    def _node(self, key: str) -> redis.Redis:
+        """The client of the server that holds ``key``: on a cluster, the node of its slot."""
+        client = self._client()
+        if isinstance(client, RedisCluster):
+            return cluster.node_of(client, key)
+        return client
+
     @contextmanager
-    def _borrowed(self) -> Iterator[Any]:
-        """A pooled connection for a blocking exchange; dropped if the exchange fails.
+    def _borrowed(self, key: str) -> Iterator[Any]:
+        """A pooled connection to the server of ``key``, for a blocking exchange; dropped if
+        the exchange fails.
 
         Typed ``Any``: redis-py leaves the methods of its ``Connection`` unannotated.
         """
-        pool = self._client().connection_pool
+        pool = self._node(key).connection_pool
         conn = _get_connection(pool)
         try:
             yield conn
@@ -182,9 +216,22 @@ class RedisBase(Transport):
         if self._pid != pid:
             self._lock, self._redis, self._scripts, self._pid = threading.Lock(), None, None, pid
 
+    def _slot_groups(self, queues: list[str]) -> list[list[int]]:
+        """The indexes of ``queues`` by cluster slot, in order; one group on a single server."""
+        client = self._client()
+        if not isinstance(client, RedisCluster) or len(queues) == 1:
+            return [list(range(len(queues)))]
+        groups: dict[int, list[int]] = {}
+        for index, queue in enumerate(queues):
+            slot = client.keyslot(self._base(queue))  # type: ignore[no-untyped-call]
+            groups.setdefault(slot, []).append(index)
+        return list(groups.values())
+
     @translated
     def instance_id(self) -> str | None:
-        """A random name stored in Redis at first use: a Redis that lost its data loses it."""
+        """A random name stored in Redis at first use: a Redis that lost its data loses it.
+
+        On a cluster the name lives on the node of its slot, and speaks for that node."""
         key = self.prefix + "instance"
         client = self._client()
         client.set(key, secrets.token_hex(8), nx=True)
@@ -195,20 +242,16 @@ class RedisBase(Transport):
     def server_warnings(self) -> list[str]:
         """Persistence off or an eviction policy: acknowledged work could be lost."""
         client = self._client()
-        persistence: dict[str, Any] = client.info("persistence")
-        memory: dict[str, Any] = client.info("memory")
+        if isinstance(client, RedisCluster):
+            servers = cluster.primaries(client)
+        else:
+            servers = [(self.location, client)]
         warnings = []
-        if not int(persistence.get("aof_enabled", 0)):
-            warnings.append(
-                f"Redis at {self.location} has appendonly off: a restart can lose queued "
-                "work; use appendonly yes and appendfsync always"
-            )
-        policy = str(memory.get("maxmemory_policy", "noeviction"))
-        if policy != "noeviction":
-            warnings.append(
-                f"Redis at {self.location} evicts keys (maxmemory-policy {policy}): queued "
-                "work can vanish under memory pressure; use noeviction"
-            )
+        for where, server in servers:
+            info: dict[str, Any] = server.info()
+            if not self.is_cluster:
+                cluster.not_a_cluster_node(self.location, info)
+            warnings += _persistence_warnings(where, info)
         return warnings
 
     def close(self) -> None:
@@ -228,6 +271,39 @@ class RedisBase(Transport):
     def _key(self, key: str) -> str:
         """Where ``put`` stores ``key``; its notification channel has the same name."""
         return f"{self.prefix}key:{key}"
+
+    def _queues_key(self) -> str:
+        """The set of queues fetched from: where the dead-letter queue looks for letters."""
+        return self.prefix + "queues"
+
+
+def message_id(queue: str, number: Any) -> str:
+    """A message's id: its queue and its number there (a queue counts its messages itself,
+    in its own cluster slot), so that ids are unique across queues."""
+    return f"{queue}:{number.decode() if isinstance(number, bytes) else number}"
+
+
+def number(message_id: str) -> str:
+    """A message's number within its queue, from its id; ``""`` if it is not one of ours."""
+    _, _, tail = message_id.rpartition(":")
+    return tail if tail.isdigit() else ""
+
+
+def _persistence_warnings(where: str, info: dict[str, Any]) -> list[str]:
+    """Persistence off or an eviction policy on one server: acknowledged work could be lost."""
+    warnings = []
+    if not int(info.get("aof_enabled", 0)):
+        warnings.append(
+            f"Redis at {where} has appendonly off: a restart can lose queued "
+            "work; use appendonly yes and appendfsync always"
+        )
+    policy = str(info.get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction":
+        warnings.append(
+            f"Redis at {where} evicts keys (maxmemory-policy {policy}): queued "
+            "work can vanish under memory pressure; use noeviction"
+        )
+    return warnings
 
 
 def ms(seconds: float) -> int:

@@ -19,10 +19,8 @@ class Keys(RedisBase):
         """Store ``value`` under ``key``, expiring after ``ttl`` seconds if given."""
         check_key(key, value, ttl)
         name = self._key(key)
-        with self._client().pipeline(transaction=False) as pipe:
-            pipe.set(name, value, px=None if ttl is None else ms(ttl))
-            pipe.publish(name, b"")  # wakes ``wait`` at once
-            pipe.execute()
+        # The write also publishes on the key's channel: it wakes ``wait`` at once.
+        self._script().put([name], [value, "0" if ttl is None else ms(ttl), name])
 
     @translated
     def get(self, key: str) -> bytes | None:
@@ -56,14 +54,15 @@ class Keys(RedisBase):
         """Block until ``key`` exists; return its value, or ``None`` after ``timeout``.
 
         Subscribes to the key's channel (which every write publishes on) before looking, so a
-        write between the look and the wait still wakes us.
+        write between the look and the wait still wakes us. On a cluster it subscribes on the
+        node of the key's slot (any node would do: a publish reaches every node).
         """
         value = self.get(key)
         if value is not None or (timeout is not None and timeout <= 0):
             return value
         deadline = None if timeout is None else time.monotonic() + timeout
         channel = self._key(key)
-        with self._borrowed() as conn:
+        with self._borrowed(channel) as conn:
             conn.send_command("SUBSCRIBE", channel)
             conn.read_response()
             while (value := self.get(key)) is None:
