@@ -212,9 +212,9 @@ class RedisBase(Transport):
 
         Its sockets stay with the parent, and one of its threads may have held the lock.
         """
-        pid = os.getpid()
-        if self._pid != pid:
-            self._lock, self._redis, self._scripts, self._pid = threading.Lock(), None, None, pid
+        current = os.getpid()
+        if self._pid != current:
+            self._lock, self._redis, self._scripts, self._pid = threading.Lock(), None, None, current
 
     def _slot_groups(self, queues: list[str]) -> list[list[int]]:
         """The indexes of ``queues`` by cluster slot, in order; one group on a single server."""
