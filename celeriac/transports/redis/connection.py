@@ -212,9 +212,9 @@ class RedisBase(Transport):
 
         Its sockets stay with the parent, and one of its threads may have held the lock.
         """
-        current = os.getpid()
-        if self._pid != current:
-            self._lock, self._redis, self._scripts, self._pid = threading.Lock(), None, None, current
+        now = os.getpid()
+        if self._pid != now:
+            self._lock, self._redis, self._scripts, self._pid = threading.Lock(), None, None, now
 
     def _slot_groups(self, queues: list[str]) -> list[list[int]]:
         """The indexes of ``queues`` by cluster slot, in order; one group on a single server."""
