@@ -86,6 +86,11 @@ local function publish_items(k0, a0)
   for i = 1, (#KEYS - k0) / 4 do
     local k, a = k0 + (i - 1) * 4 + 1, a0 + (i - 1) * 4
     local id = redis.call('INCR', KEYS[k])
+    -- Never reuse a number in use: a counter behind its queue (made by an older celeriac,
+    -- or lost) skips ahead instead of overwriting a message or a dead letter.
+    while redis.call('EXISTS', ARGV[a + 1] .. 'm:' .. id, ARGV[a + 1] .. 'dead:' .. id) > 0 do
+      id = redis.call('INCR', KEYS[k])
+    end
     local msg = ARGV[a + 1] .. 'm:' .. id
     redis.call('HSET', msg, 'body', ARGV[a + 2], 'priority', ARGV[a + 3], 'deliveries', 0)
     local due = ARGV[a + 4]

@@ -406,3 +406,23 @@ def test_a_waiting_fetch_survives_a_restart() -> None:
         producer.publish(Q, b"after")
         thread.join()
         assert got == [b"after"]
+
+
+def test_a_queue_counter_behind_its_messages_never_overwrites_one(
+    broker: RedisTransport, raw: redis.Redis
+) -> None:
+    first = broker.publish("lagging", b"first")
+    letter = broker.publish("lagging", b"letter")
+    fetched = broker.fetch(["lagging"], limit=2, timeout=1.0)
+    (to_bury,) = [d for d in fetched if d.body == b"letter"]
+    broker.dead_letter(to_bury, "test")
+    broker.release(*[d for d in fetched if d.body == b"first"])
+    # As after an upgrade from the global counter, or a counter key lost: it starts again.
+    counters = [key for key in raw.scan_iter(match="*{lagging}:ids")]
+    assert len(counters) == 1
+    raw.delete(*counters)
+    third = broker.publish("lagging", b"third")
+    assert third not in (first, letter)
+    bodies = sorted(d.body for d in broker.fetch(["lagging"], limit=10, timeout=1.0))
+    assert bodies == [b"first", b"third"]  # the first message is intact, the third is new
+    assert [d.body for d in broker.dead_letters()] == [b"letter"]
