@@ -361,6 +361,16 @@ def check_message(queue: str, body: bytes, due: float | None, priority: int) -> 
     check_due(due)
 
 
+def check_messages(
+    items: Iterable[tuple[str, bytes, float | None, int]],
+) -> list[tuple[str, bytes, float | None, int]]:
+    """The ``(queue, body, due, priority)`` items of a batch, each checked before any is sent."""
+    batch = list(items)
+    for queue, body, due, priority in batch:
+        check_message(queue, body, due, priority)
+    return batch
+
+
 def check_due(due: float | None) -> None:
     """A due time is ``None`` or a finite number of seconds since the epoch."""
     if due is None:

@@ -38,7 +38,7 @@ from celeriac.transports.base import (
     check_fetch,
     check_key,
     check_lease,
-    check_message,
+    check_messages,
     check_name,
     check_slot,
     check_throttle,
@@ -258,9 +258,7 @@ class MemoryTransport(Transport):
 
     def publish_many(self, items: Iterable[tuple[str, bytes, float | None, int]]) -> list[str]:
         """Publish ``(queue, body, due, priority)`` items, all or none."""
-        batch = list(items)
-        for queue, body, due, priority in batch:
-            check_message(queue, body, due, priority)
+        batch = check_messages(items)
         broker = self._broker
         now = time.time()
         ids: list[str] = []

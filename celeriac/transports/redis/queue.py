@@ -26,6 +26,7 @@ from celeriac.transports.base import (
     check_fetch,
     check_key,
     check_message,
+    check_messages,
     check_name,
 )
 from celeriac.transports.redis.connection import message_id, ms, translated
@@ -63,9 +64,7 @@ class Queues(Wake):
 
         One script call per ``PUBLISH_CHUNK`` items; several calls go as one transaction.
         """
-        batch = list(items)
-        for queue, body, due, priority in batch:
-            check_message(queue, body, due, priority)
+        batch = check_messages(items)
         ids = [""] * len(batch)
         for group in self._slot_groups([queue for queue, *_ in batch]) if batch else []:
             numbers = self._publish_slot([batch[i] for i in group])
@@ -96,9 +95,7 @@ class Queues(Wake):
     ) -> list[str] | None:
         """Publish ``items`` and set ``key`` (for ``ttl`` seconds) unless ``key`` exists."""
         check_key(key, b"1", ttl)
-        batch = list(items)
-        for queue, body, due, priority in batch:
-            check_message(queue, body, due, priority)
+        batch = check_messages(items)
         ttl_ms = "0" if ttl is None else ms(ttl)
         if self.is_cluster:
             return self._publish_once_in_steps(key, batch, ttl_ms)

@@ -28,7 +28,7 @@ from celeriac.transports.base import (
     check_fetch,
     check_key,
     check_lease,
-    check_message,
+    check_messages,
 )
 from celeriac.transports.sqlite.dead_letters import DeadLetters
 from celeriac.transports.sqlite.schema import ACK, HISTORY_ADD, PUT, event_json, held_row
@@ -81,9 +81,7 @@ class Queues(DeadLetters):
 
     def publish_many(self, items: Iterable[tuple[str, bytes, float | None, int]]) -> list[str]:
         """Publish ``(queue, body, due, priority)`` items in one transaction."""
-        batch = list(items)
-        for queue, body, due, priority in batch:
-            check_message(queue, body, due, priority)
+        batch = check_messages(items)
         if not batch:
             return []
         with self._writing() as conn:
@@ -97,9 +95,7 @@ class Queues(DeadLetters):
     ) -> list[str] | None:
         """Publish ``items`` and set ``key`` (for ``ttl`` seconds) unless ``key`` exists."""
         check_key(key, b"1", ttl)
-        batch = list(items)
-        for queue, body, due, priority in batch:
-            check_message(queue, body, due, priority)
+        batch = check_messages(items)
         with self._writing() as conn:
             now = time.time()
             taken = conn.execute(
