@@ -197,7 +197,7 @@ class _Table:
         parse.choice("cluster", "worker"))
     task_annotations: Setting[Any] = Setting(
         "task_annotations", None, "Task attributes to override, by task name.",
-        parse.annotations_map)
+        parse.task_annotations)
     task_publish_retry = Setting(
         "task_publish_retry", True, "Retry sending a task when the broker connection fails.",
         parse.boolean)

@@ -190,7 +190,7 @@ def routes(value: Any) -> Any:
     raise ValueError("None, a dict, a list, a dotted path or a callable")
 
 
-def annotations_map(value: Any) -> Any:
+def task_annotations(value: Any) -> Any:
     """An annotations dict, a list of them, or an object with annotate(); kept as is."""
     if value is None or isinstance(value, Mapping | list | tuple) or hasattr(value, "annotate"):
         return value
