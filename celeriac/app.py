@@ -18,6 +18,7 @@ from celeriac.config import DEFAULT_BROKER_URL, Settings
 from celeriac.errors import ConfigurationError, LimitError, NotRegistered
 from celeriac.limits import check_task_limits, check_unique, concurrency_key
 from celeriac.message import Message, encode
+from celeriac.plain import PlainCalls
 from celeriac.routing import build_message_fields, route_queue
 from celeriac.task import TASK_OPTIONS, Task, current_request
 from celeriac.transports import Transport, open_transport
@@ -62,6 +63,7 @@ class Celeriac:
         self._broker: Transport | None = None
         self._results: ResultStore | None = None
         self._pid = pid.current()
+        self._plain = PlainCalls(self)
         #: Sent once, when the app is finalized: connect to add periodic tasks (Celery's hook).
         self.on_after_configure = signals.Signal("on_after_configure", "The app is configured.")
         self.on_after_finalize = signals.Signal("on_after_finalize", "The app is finalized.")
@@ -286,6 +288,11 @@ class Celeriac:
         from celeriac.result import AsyncResult
 
         _check_call_arguments(name, args, kwargs)
+        plain = None if options else self._plain.prepare(name, task, args, kwargs)
+        if plain is not None:
+            envelope, task_id, body = plain
+            self.broker.publish(envelope.queue, body, priority=envelope.priority)
+            return AsyncResult(task_id, self, name)
         if task is not None and task.concurrency_key is not None:  # a bad key fails here
             concurrency_key(task.concurrency_key, name, args or (), kwargs or {})
         message = self.build_message(name, args, kwargs, task=task, **options)
@@ -319,26 +326,35 @@ class Celeriac:
         """
         from celeriac.result import AsyncResult
 
-        prepared: list[tuple[Message, bytes]] = []
+        items: list[tuple[str, bytes, float | None, int]] = []
+        results: list[AsyncResult[Any]] = []
+        built: list[Message] = []  # the messages that took the general way
         for call in calls:
             target, args, kwargs, options = _unpack_call(call)
             task = target if isinstance(target, Task) else self.tasks.get(target)
             name = target.name if isinstance(target, Task) else target
             _check_call_arguments(name, args, kwargs)
+            plain = None if options else self._plain.prepare(name, task, args, kwargs)
+            if plain is not None:
+                envelope, task_id, body = plain
+                items.append((envelope.queue, body, None, envelope.priority))
+                results.append(AsyncResult(task_id, self, name))
+                continue
             if options.get("unique"):
                 raise LimitError("send_many does not publish unique tasks; use apply_async")
             message = self.build_message(name, args, kwargs, task=task, **options)
             serializer = options.get("serializer") or (task and task.serializer)
-            prepared.append((message, encode(message, serializer or self.conf.task_serializer)))
-        self.broker.publish_many(
-            (m.queue, body, m.due_timestamp(), m.priority) for m, body in prepared
-        )
+            body = encode(message, serializer or self.conf.task_serializer)
+            items.append((message.queue, body, message.due_timestamp(), message.priority))
+            results.append(AsyncResult(message.id, self, name))
+            built.append(message)
+        self.broker.publish_many(items)
         if self.conf.task_send_sent_event:
             from celeriac.events import task_sent  # monitoring: task-sent
 
-            for message, _ in prepared:
+            for message in built:  # no plain call is made when this is on
                 task_sent(self, message)
-        return [AsyncResult(m.id, self, m.task) for m, _ in prepared]
+        return results
 
     @property
     def control(self) -> Control:

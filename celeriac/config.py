@@ -308,7 +308,7 @@ class Settings(_Table, MutableMapping[str, Any]):
     to read another mapping than ``os.environ``, or ``{}`` to ignore it.
     """
 
-    __slots__ = ("_environ", "_explicit", "_own_defaults")
+    __slots__ = ("_environ", "_explicit", "_generation", "_own_defaults")
 
     def __init__(
         self,
@@ -320,6 +320,7 @@ class Settings(_Table, MutableMapping[str, Any]):
     ) -> None:
         self._environ = environ
         self._explicit: dict[str, Any] = {}
+        self._generation = 0
         self._own_defaults: dict[str, Any] = {}
         self.update(values, **settings)
 
@@ -345,12 +346,14 @@ class Settings(_Table, MutableMapping[str, Any]):
 
     def __setitem__(self, name: str, value: Any) -> None:
         self._explicit[name] = lookup(name).coerce(value)
+        self._generation += 1
 
     def __delitem__(self, name: str) -> None:
         """Forget the value set for name, so the default shows again."""
         lookup(name)
         self._explicit.pop(name, None)
         self._own_defaults.pop(name, None)
+        self._generation += 1
 
     def __iter__(self) -> Iterator[str]:
         return iter(SETTINGS)
@@ -376,15 +379,18 @@ class Settings(_Table, MutableMapping[str, Any]):
         """Forget every value set, back to defaults (the environment still applies)."""
         self._explicit.clear()
         self._own_defaults.clear()
+        self._generation += 1
 
     def popitem(self) -> tuple[str, Any]:
         """Forget one value set and return it; KeyError when none is set."""
+        self._generation += 1
         return self._explicit.popitem()
 
     def _set_all(self, rows: Iterable[tuple[Setting[Any], Any, str]]) -> None:
         """Validate every value first, then store them all."""
         parsed = {row.name: row.coerce(value, source) for row, value, source in rows}
         self._explicit.update(parsed)
+        self._generation += 1
 
     if not TYPE_CHECKING:  # hidden from mypy, so that a misspelt attribute is a type error
 
@@ -397,6 +403,12 @@ class Settings(_Table, MutableMapping[str, Any]):
             if not name.startswith("_") and name not in SETTINGS:
                 raise _UnknownSettingAttribute(_unknown_message(name))
             object.__setattr__(self, name, value)
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever a value is set or forgotten (not when a dict or list
+        value is changed in place): what is derived from settings and kept keeps this with it."""
+        return self._generation
 
     # -- what is set
 

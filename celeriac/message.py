@@ -177,8 +177,8 @@ class Message:
             fields["id"] = new_id()
         if "root_id" not in fields and fields.get("parent_id") is None:
             fields["root_id"] = fields["id"]
-        fields.setdefault("argsrepr", _short_repr(args) if args else "()")
-        fields.setdefault("kwargsrepr", _short_repr(kwargs) if kwargs else "{}")
+        fields.setdefault("argsrepr", short_repr(args) if args else "()")
+        fields.setdefault("kwargsrepr", short_repr(kwargs) if kwargs else "{}")
         fields.setdefault("origin", f"{pid.current()}@{_hostname()}")
         return cls(task=task, args=args, kwargs=kwargs, **fields)
 
@@ -225,11 +225,11 @@ def new_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-#: Values whose repr() is what _REPR would write, when short (checked in _short_repr).
+#: Values whose repr() is what _REPR would write, when short (checked in short_repr).
 _PLAIN = (int, float, bool, type(None))
 
 
-def _short_repr(value: Any) -> str:
+def short_repr(value: Any) -> str:
     """A repr for logs: nested and long parts elided, at most MAX_REPR characters."""
     if (
         type(value) is tuple

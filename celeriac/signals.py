@@ -41,6 +41,10 @@ class Signal:
         """The connected receivers, in connection order."""
         return list(self._receivers)
 
+    def __bool__(self) -> bool:
+        """True when a receiver is connected (senders skip building what nobody reads)."""
+        return bool(self._receivers)
+
     def send(self, sender: Any = None, **named: Any) -> list[tuple[Receiver, Any]]:
         """Call every receiver; a receiver that raises is logged and does not stop the others."""
         responses: list[tuple[Receiver, Any]] = []

@@ -471,3 +471,29 @@ def test_settings_survive_pickling_for_spawned_workers(conf: Settings) -> None:
     copied = pickle.loads(pickle.dumps(conf))
     assert copied.changes == conf.changes
     assert copied.task_acks_late is False
+
+
+def test_the_generation_changes_with_every_way_of_setting_or_forgetting(conf: Settings) -> None:
+    seen = [conf.generation]
+
+    def changed() -> None:
+        assert conf.generation not in seen
+        seen.append(conf.generation)
+
+    conf.task_default_priority = 3
+    changed()
+    conf["task_time_limit"] = 10
+    changed()
+    conf.update(task_ignore_result=True)
+    changed()
+    conf.config_from_object({"task_serializer": "json"})
+    changed()
+    del conf.task_default_priority
+    changed()
+    conf.popitem()
+    changed()
+    conf.clear()
+    changed()
+    with pytest.raises(ConfigurationError):
+        conf.update(task_default_priority="high")  # refused: nothing set, nothing changed
+    assert conf.generation == seen[-1]
