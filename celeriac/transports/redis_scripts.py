@@ -32,6 +32,13 @@ local function notify(wake)  -- one token is enough: a woken fetcher passes it o
   if redis.call('LLEN', wake) == 0 then redis.call('RPUSH', wake, '1') end
 end
 
+-- What a key's write publishes on its channel: '=' and a small value (a waiter need not
+-- read it back), or '' for a large one.
+local function notice(value)
+  if #value <= 4096 then return '=' .. value end
+  return ''
+end
+
 local function make_ready(ready, wake, msg, id)
   redis.call('ZADD', ready, score(redis.call('HGET', msg, 'priority'), id), id)
   notify(wake)
@@ -120,7 +127,7 @@ if ARGV[1] == '0' then
 else
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 end
-redis.call('PUBLISH', ARGV[2], '')
+redis.call('PUBLISH', ARGV[2], '=1')
 return publish_items(1, 2)
 """
 )
@@ -240,7 +247,7 @@ for i = 1, #KEYS / 3 do
       else
         redis.call('SET', key, ARGV[a + 4], 'PX', ARGV[a + 5])
       end
-      redis.call('PUBLISH', ARGV[a + 6], '')
+      redis.call('PUBLISH', ARGV[a + 6], notice(ARGV[a + 4]))
     end
     out[i] = 1
   end
@@ -378,7 +385,7 @@ return #ids
 INCR = r"""
 local value = redis.call('INCRBY', KEYS[1], ARGV[1])
 if ARGV[2] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-redis.call('PUBLISH', ARGV[3], '')
+redis.call('PUBLISH', ARGV[3], '=' .. value)
 return value
 """
 
@@ -389,7 +396,7 @@ if ARGV[2] == '0' then
 else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-redis.call('PUBLISH', ARGV[3], '')
+redis.call('PUBLISH', ARGV[3], notice(ARGV[1]))
 return 1
 """
 

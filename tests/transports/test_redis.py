@@ -263,6 +263,35 @@ def test_wait_wakes_within_milliseconds_of_a_put(redis_url: str) -> None:
     assert statistics.median(delays) < 0.010
 
 
+@pytest.mark.parametrize(("size", "carried"), [(10, True), (4096, True), (4097, False)])
+def test_a_write_of_a_small_value_sends_it_to_the_waiter(
+    broker: RedisTransport, raw: redis.Redis, size: int, carried: bool
+) -> None:
+    """A waiter takes a small value from the notice, without reading the key back: it gets
+    the value even when the key is deleted in the same transaction as the write. A larger
+    value is read back, and here is found gone, so the wait runs to its timeout."""
+    value, channel = b"v" * size, broker.prefix + "key:done"
+    got: list[bytes | None] = []
+    waiter = threading.Thread(target=lambda: got.append(broker.wait("done", timeout=1.0)))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while raw.pubsub_numsub(channel)[0][1] == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with raw.pipeline(transaction=True) as pipe:  # the write, as put makes it, then a delete
+        pipe.set(channel, value)
+        pipe.publish(channel, b"=" + value if size <= 4096 else b"")
+        pipe.delete(channel)
+        pipe.execute()
+    waiter.join(5)
+    assert got == [value if carried else None]
+    with raw.pubsub() as sub:  # and put sends the notice the waiter reads
+        sub.subscribe(broker.prefix + "key:again")
+        assert sub.get_message(timeout=1)["type"] == "subscribe"
+        broker.put("again", value)
+        notice = sub.get_message(timeout=1)["data"]
+    assert notice == (b"=" + value if carried else b"")
+
+
 @pytest.mark.parametrize("delay", [0.05, 0.17, 0.33, 0.61])
 def test_delayed_message_is_deliverable_within_50ms_of_its_due_time(
     broker: RedisTransport, delay: float

@@ -54,8 +54,10 @@ class Keys(RedisBase):
         """Block until ``key`` exists; return its value, or ``None`` after ``timeout``.
 
         Subscribes to the key's channel (which every write publishes on) before looking, so a
-        write between the look and the wait still wakes us. On a cluster it subscribes on the
-        node of the key's slot (any node would do: a publish reaches every node).
+        write between the look and the wait still wakes us. A write of a small value sends the
+        value itself (``=`` and the bytes), which saves reading it back; a larger one sends an
+        empty notice. On a cluster it subscribes on the node of the key's slot (any node would
+        do: a publish reaches every node).
         """
         value = self.get(key)
         if value is not None or (timeout is not None and timeout <= 0):
@@ -65,17 +67,28 @@ class Keys(RedisBase):
         with self._borrowed(channel) as conn:
             conn.send_command("SUBSCRIBE", channel)
             conn.read_response()
-            while (value := self.get(key)) is None:
+            value = self.get(key)
+            while value is None:
                 left = self.socket_timeout if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     break
                 if conn.can_read(timeout=min(left, self.socket_timeout)):
-                    conn.read_response()
+                    value = _written(conn.read_response())
+                if value is None:
+                    value = self.get(key)
             # No health check now: its PING would read our pending notifications as its reply.
             conn.send_command("UNSUBSCRIBE", channel, check_health=False)
             while _kind(conn.read_response()) != b"unsubscribe":
                 pass  # notifications that came in meanwhile; the pool gets a clean connection
         return value
+
+
+def _written(reply: Any) -> bytes | None:
+    """The value a notification carries, or None when it carries none (a large value)."""
+    if _kind(reply) != b"message" or len(reply) < 3 or not isinstance(reply[2], bytes):
+        return None
+    notice: bytes = reply[2]
+    return notice[1:] if notice[:1] == b"=" else None
 
 
 def _kind(reply: Any) -> bytes | None:
