@@ -234,7 +234,13 @@ def from_json(data: bytes) -> Any:
         text = data.decode("utf-8")
         # The tag-restoring hook costs a call per object: run it only when a tag may be present.
         decoder = _TAGGED_DECODER if '"__type__"' in text else _PLAIN_DECODER
-        return decoder.decode(text)
+        try:  # the scanner itself: what decode() adds is for whitespace around the value
+            value, end = decoder.scan_once(text, 0)
+            if end == len(text):
+                return value
+        except StopIteration:
+            pass
+        return decoder.decode(text)  # whitespace, or not JSON: the whole way, and its error
     except _LOAD_ERRORS as exc:
         raise MessageError("undecodable", f"not valid JSON: {exc}") from None
 
