@@ -234,8 +234,9 @@ def from_json(data: bytes) -> Any:
         text = data.decode("utf-8")
         # The tag-restoring hook costs a call per object: run it only when a tag may be present.
         decoder = _TAGGED_DECODER if '"__type__"' in text else _PLAIN_DECODER
+        scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
         try:  # the scanner itself: what decode() adds is for whitespace around the value
-            value, end = decoder.scan_once(text, 0)
+            value, end = scan(text, 0)
             if end == len(text):
                 return value
         except StopIteration:
