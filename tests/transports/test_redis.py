@@ -292,6 +292,41 @@ def test_a_write_of_a_small_value_sends_it_to_the_waiter(
     assert notice == (b"=" + value if carried else b"")
 
 
+def test_a_thread_keeps_one_connection_for_its_waits_and_old_notices_never_leak(
+    broker: RedisTransport, raw: redis.Redis
+) -> None:
+    writer = open_transport(broker.url)
+    clients: list[int] = []
+    for i in range(20):
+        key = f"kept-{i}"
+        _, value = wake_delay(
+            functools.partial(broker.wait, key, timeout=5.0),
+            functools.partial(writer.put, key, b"v%d" % i),
+        )
+        assert value == b"v%d" % i
+        # Notices on the channel just left: the next wait must read past them.
+        writer.put(key, b"late")
+        writer.put(key, b"later")
+        clients.append(len(raw.client_list()))
+    assert broker.wait("never-written", timeout=0.2) is None
+    assert set(clients) == {clients[0]}  # no connection more per wait
+    broker.close()  # the pool's connection and the kept one
+    deadline = time.monotonic() + 5
+    while len(raw.client_list()) > clients[0] - 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server notices a closed connection a moment later
+    assert len(raw.client_list()) == clients[0] - 2
+
+
+def test_a_wait_after_the_server_restarted_opens_a_new_connection() -> None:
+    with RedisServer() as server:
+        waiter, writer = open_transport(server.url), open_transport(server.url)
+        assert wake_delay(lambda: waiter.wait("a", 5.0), lambda: writer.put("a", b"1"))[1] == b"1"
+        server.restart()
+        with contextlib.suppress(TransportError):
+            writer.get("warm-up")  # the writer's pooled connection found dead, and replaced
+        assert wake_delay(lambda: waiter.wait("b", 5.0), lambda: writer.put("b", b"2"))[1] == b"2"
+
+
 @pytest.mark.parametrize("delay", [0.05, 0.17, 0.33, 0.61])
 def test_delayed_message_is_deliverable_within_50ms_of_its_due_time(
     broker: RedisTransport, delay: float
