@@ -317,6 +317,20 @@ def test_a_thread_keeps_one_connection_for_its_waits_and_old_notices_never_leak(
     assert len(raw.client_list()) == clients[0] - 2
 
 
+def test_the_wait_connection_of_a_thread_that_ended_is_closed(
+    broker: RedisTransport, raw: redis.Redis
+) -> None:
+    broker.get("warm-up")  # the pool's connection
+    before = len(raw.client_list())
+    thread = threading.Thread(target=lambda: broker.wait("nothing", timeout=0.1))
+    thread.start()
+    thread.join()
+    deadline = time.monotonic() + 5
+    while len(raw.client_list()) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(raw.client_list()) == before
+
+
 def test_a_wait_after_the_server_restarted_opens_a_new_connection() -> None:
     with RedisServer() as server:
         waiter, writer = open_transport(server.url), open_transport(server.url)

@@ -14,6 +14,7 @@ import os
 import secrets
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -127,7 +128,8 @@ class RedisBase(Transport):
         self._registered: dict[str, float] = {}  # queue -> when noted in P queues (monotonic)
         self._turn = 0  # the slot a fetch from queues in several slots starts with
         self._waiters = threading.local()  # each thread's kept connection for waits (keys.py)
-        self._waiter_conns: set[Any] = set()  # all of them, closed by close()
+        # All of them, for close(); weak: a thread's ends with the thread (closed by redis-py).
+        self._waiter_conns: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def _client(self) -> Client:
         """This process's client, made on first use and again after a fork."""
@@ -217,7 +219,7 @@ class RedisBase(Transport):
         now = os.getpid()
         if self._pid != now:
             self._lock, self._redis, self._scripts, self._pid = threading.Lock(), None, None, now
-            self._waiters, self._waiter_conns = threading.local(), set()
+            self._waiters, self._waiter_conns = threading.local(), weakref.WeakSet()
 
     def _slot_groups(self, queues: list[str]) -> list[list[int]]:
         """The indexes of ``queues`` by cluster slot, in order; one group on a single server."""
@@ -264,7 +266,7 @@ class RedisBase(Transport):
             if self._redis is not None:
                 self._redis.close()
             self._redis, self._scripts = None, None
-            waiters, self._waiter_conns = self._waiter_conns, set()
+            waiters, self._waiter_conns = list(self._waiter_conns), weakref.WeakSet()
             self._waiters = threading.local()
         for conn in waiters:
             conn.disconnect()
