@@ -531,34 +531,52 @@ def _message(
     if not isinstance(delivery, dict) or "routing_key" not in delivery:
         raise _invalid("delivery_info", "an object with a routing_key", delivery)
     get = headers.get
-    return Message(
-        id=get("id", ""),
-        task=get("task", ""),
-        args=tuple(args),
-        kwargs=kwargs,
-        queue=delivery["routing_key"],
-        priority=properties.get("priority", 0),
-        eta=_moment(get("eta"), "eta"),
-        expires=_moment(get("expires"), "expires"),
-        retries=get("retries", 0),
-        root_id=get("root_id"),
-        parent_id=get("parent_id"),
-        group=get("group"),
-        group_index=get("group_index"),
-        timelimit=_timelimit(get("timelimit")),
-        argsrepr=get("argsrepr", ""),
-        kwargsrepr=get("kwargsrepr", ""),
-        origin=get("origin"),
-        ignore_result=get("ignore_result", False),
-        reply_to=properties.get("reply_to"),
-        correlation_id=_or_empty(properties.get("correlation_id")),
-        shadow=get("shadow"),
-        callbacks=embed.get("callbacks"),
-        errbacks=embed.get("errbacks"),
-        chain=embed.get("chain"),
-        chord=embed.get("chord"),
-        headers=_user_headers(headers),
+    return _filled(  # in the order of Message's fields
+        get("id", ""),
+        get("task", ""),
+        tuple(args),
+        kwargs,
+        delivery["routing_key"],
+        properties.get("priority", 0),
+        _moment(get("eta"), "eta"),
+        _moment(get("expires"), "expires"),
+        get("retries", 0),
+        get("root_id"),
+        get("parent_id"),
+        get("group"),
+        get("group_index"),
+        _timelimit(get("timelimit")),
+        get("argsrepr", ""),
+        get("kwargsrepr", ""),
+        get("origin"),
+        get("ignore_result", False),
+        properties.get("reply_to"),
+        _or_empty(properties.get("correlation_id")),
+        get("shadow"),
+        embed.get("callbacks"),
+        embed.get("errbacks"),
+        embed.get("chain"),
+        embed.get("chord"),
+        _user_headers(headers),
     )
+
+
+#: Message's fields in order, and the setters of their slots.
+_FIELDS = tuple(f.name for f in dataclasses.fields(Message))
+_SETTERS = tuple(getattr(Message, name).__set__ for name in _FIELDS)
+
+
+def _filled(*values: Any) -> Message:
+    """A Message from all its field values in order, checked as ``__init__`` checks them.
+
+    What decode builds every message with: the dataclass's own ``__init__``, with 26 keyword
+    arguments each stored through the frozen class's ``object.__setattr__``, costs more than
+    filling the slots directly."""
+    message: Message = object.__new__(Message)
+    for put, value in zip(_SETTERS, values, strict=True):
+        put(message, value)
+    message.__post_init__()
+    return message
 
 
 def _moment(text: Any, name: str) -> datetime | None:
