@@ -37,25 +37,26 @@ class Envelope:
     """The encoded envelope of one task's plain calls, with holes for a call's own parts."""
 
     def __init__(self, sample: Message) -> None:
+        """Encode ``sample`` with unique marks for its variable parts and cut them out;
+        ValueError if the text does not hold each mark where expected."""
         self.queue, self.priority = sample.queue, sample.priority
         mark = new_id().replace("-", "")
-        marks = {"id": "i" + mark, "args": "a" + mark, "kwargs": "k" + mark}
+        task_id, arg, key = "i" + mark, "a" + mark, "k" + mark
         marked = sample.replace(
-            id=marks["id"], root_id=marks["id"], correlation_id=marks["id"],
-            args=(marks["args"],), kwargs={marks["kwargs"]: 0},
+            id=task_id, root_id=task_id, correlation_id=task_id, args=(arg,), kwargs={key: 0},
             argsrepr="r" + mark, kwargsrepr="w" + mark,
         )  # fmt: skip
         text = encode(marked, "json").decode("utf-8").replace("{", "{{").replace("}", "}}")
-        holes = {
-            marks["id"]: "{0}",
-            f'"r{mark}"': "{1}",
-            f'"w{mark}"': "{2}",
-            f'["{marks["args"]}"],{{{{"{marks["kwargs"]}":0}}}}': "{3}",
-        }
-        for found, hole in holes.items():
-            if text.count(found) != (3 if hole == "{0}" else 1):
+        holes = [  # (the marked text, its hole, how often it is there)
+            (task_id, "{0}", 3),  # id, root_id, correlation_id
+            (f'"r{mark}"', "{1}", 1),
+            (f'"w{mark}"', "{2}", 1),
+            (f'["{arg}"],{{{{"{key}":0}}}}', "{3}", 1),  # the body's args and kwargs
+        ]
+        for marked_text, hole, count in holes:
+            if text.count(marked_text) != count:
                 raise ValueError(f"the envelope of {sample.task!r} does not hold its marks")
-            text = text.replace(found, hole)
+            text = text.replace(marked_text, hole)
         self._text = text
 
     def fill(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -96,7 +97,7 @@ class PlainCalls:
             return None
         task_id = new_id()
         try:
-            body = envelope.fill(task_id, tuple(args or ()), dict(kwargs or {}))
+            body = envelope.fill(task_id, tuple(args or ()), kwargs or {})
         except (SerializationError, UnicodeEncodeError):
             return None
         return envelope, task_id, body
@@ -118,7 +119,10 @@ class PlainCalls:
             return None
         if task is not None and (task.expires is not None or task.concurrency_key is not None):
             return None
-        return Envelope(self.app.build_message(name, (), {}, task=task, queue=queue))
+        try:
+            return Envelope(self.app.build_message(name, (), {}, task=task, queue=queue))
+        except ValueError:  # not seen: a template that cannot be cut leaves the general way
+            return None
 
 
 def _options(task: Task[Any, Any] | None) -> tuple[Any, ...]:
