@@ -2,13 +2,21 @@
 
 Three threads in the worker process share the work:
 
-- the fetcher takes deliveries from the broker while there is room in the prefetch budget;
+- the fetcher takes deliveries from the broker while there is room in the prefetch budget
+  (under load, once half of it is free: one broker call then fetches several messages);
 - the lease keeper (``celeriac.worker.leases``) renews the leases of everything held, on its
   own schedule, so that a busy main loop cannot let a lease lapse; for pools that run tasks
   in this process, through a helper process that a task holding the GIL cannot starve;
 - the main loop (``run``) validates what was fetched, hands jobs to idle pool slots and
   finishes what the pool reports: store the result, then ack / retry / dead-letter (those
   endings are in ``celeriac.worker.endings``).
+
+With the prefork pool, whose ``submit`` only writes to a child's pipe, that work is done where
+it arrives, without waking the main loop (each wakeup of another thread costs more than the
+work it carries): the fetcher validates and hands out what it fetched, and the pool's collector
+thread finishes what the children report (``handle_now``). The consumer's lock lets one thread
+at a time change what the worker holds. The main loop is then left with the rest: lost
+children, hard time limits, autoscale, shutdown.
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ class Consumer(Endings):
         multiplier = conf.worker_prefetch_multiplier
         slots = autoscaler.maximum if autoscaler is not None else pool.concurrency
         self.budget = slots * max(1, multiplier)
+        self.refill = max(1, self.budget // 2)  # see _worth_fetching
         self.accept = conf.accept_content
         self.inflight: dict[int, Inflight] = {}
         self.processed = 0
@@ -73,6 +82,7 @@ class Consumer(Endings):
         self._held_lock = threading.Lock()
         self._room = threading.Event()
         self._next_id = 0
+        self._lock = threading.RLock()  # one batch of events handled at a time (handle_now)
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.finisher = Finisher(app)
@@ -92,6 +102,8 @@ class Consumer(Endings):
         """Start remote control, the lease keeper, the finisher and the fetcher."""
         self.control = WorkerControl(self)  # revocations loaded before the first fetch
         self.control.start()
+        if self.pool.hands_off:
+            self.pool.on_events = self.handle_now
         self.leases.start()
         self.finisher.start()
         thread = threading.Thread(target=self._fetch_loop, name="fetcher", daemon=True)
@@ -104,7 +116,7 @@ class Consumer(Endings):
             with self._held_lock:
                 room = self.budget - self._held
                 self._room.clear()
-            if room <= 0:
+            if not self._worth_fetching(room):
                 self._room.wait(0.5)
                 continue
             try:
@@ -118,7 +130,10 @@ class Consumer(Endings):
                 with self._held_lock:
                     self._held += len(deliveries)
                 self.leases.hold(deliveries)  # renewed from now on, before anything can start
-                self.events.put(("fetched", deliveries))
+                if self.pool.on_events is not None:  # prefork: hand them out from this thread
+                    self.handle_now([("fetched", deliveries)])
+                else:
+                    self.events.put(("fetched", deliveries))
 
     # -- the main loop --------------------------------------------------------------------
 
@@ -140,15 +155,22 @@ class Consumer(Endings):
                 batch.append(self.events.get_nowait())
             except queue.Empty:
                 break
-        try:
-            self._handle(batch)
-        except Exception:
-            # Work popped from ``inflight`` is no longer renewed: its leases run out and
-            # the broker delivers it again. Nothing is lost; the worker goes on.
-            logger.exception("handling %d event(s) failed; their leases will expire", len(batch))
+        self.handle_now(batch)
         self.pool.check()
         if self.autoscaler is not None:
             self.autoscaler.step(len(self.inflight) - self.pool.backlog())
+
+    def handle_now(self, batch: list[Event]) -> None:
+        """Handle a batch of events in the calling thread: the main loop, or the prefork pool's
+        collector thread, which thus finishes jobs without waking the main loop."""
+        with self._lock:
+            try:
+                self._handle(batch)
+            except Exception:
+                # Work popped from ``inflight`` is no longer renewed: its leases run out and
+                # the broker delivers it again. Nothing is lost; the worker goes on.
+                logger.exception("handling %d event(s) failed; their leases will expire",
+                                 len(batch))  # fmt: skip
 
     def _handle(self, batch: list[Event]) -> None:
         for event in batch:
@@ -246,7 +268,15 @@ class Consumer(Endings):
     def _release_budget(self, count: int) -> None:
         with self._held_lock:
             self._held -= count
-        self._room.set()
+            room = self.budget - self._held
+        if self._worth_fetching(room):
+            self._room.set()
+
+    def _worth_fetching(self, room: int) -> bool:
+        """Whether the fetcher should fetch now: while jobs still wait for a pool slot, only
+        once half the prefetch budget is free, so that under load one broker call fetches
+        several messages and one wakeup of the fetcher serves several finished jobs."""
+        return room > 0 and (room >= self.refill or self.pool.backlog() == 0)
 
     def still_held(self, job_id: int) -> bool:
         """Whether a job about to start is still this worker's to run: its lease is fresh, or
@@ -263,26 +293,33 @@ class Consumer(Endings):
         """Stop fetching; running jobs finish, buffered ones are handed back."""
         self.stopping.set()
         self._room.set()
+        self.events.put(("stop",))  # wakes the main loop now (put may run in a signal handler)
 
     def _wind_down(self) -> None:
+        # Unstarted work goes back at once, before a child that frees up can take it; then
+        # again for what the fetcher handed out as it stopped.
+        released = self._give_back_unstarted()
         self._threads[0].join(2.0)  # the fetcher; the lease keeper runs until close()
-        self._give_back_unstarted()
-        self._handle(_drain(self.events))
-
-    def _give_back_unstarted(self) -> None:
-        """Hand back work that was fetched but never started, without counting a delivery."""
-        unstarted = self.pool.take_back()
-        released = 0
-        for job_id in unstarted:
-            item = self.inflight.pop(job_id)
-            self.limits.finished(item.slot)
-            if not item.acked:
-                self.app.broker.release(item.delivery)
-                released += 1
-        self._release_budget(len(unstarted))
-        self.limits.flush()
+        released += self._give_back_unstarted()
         if released:
             logger.info("Handed back %d prefetched task(s) to the broker", released)
+        self.handle_now(_drain(self.events))
+
+    def _give_back_unstarted(self) -> int:
+        """Hand back work that was fetched but never started, without counting a delivery;
+        returns how many deliveries went back."""
+        with self._lock:
+            unstarted = self.pool.take_back()
+            released = 0
+            for job_id in unstarted:
+                item = self.inflight.pop(job_id)
+                self.limits.finished(item.slot)
+                if not item.acked:
+                    self.app.broker.release(item.delivery)
+                    released += 1
+            self._release_budget(len(unstarted))
+            self.limits.flush()
+        return released
 
     def wait_running(self, timeout: float) -> None:
         """Finish jobs still running in the pool, up to ``timeout`` seconds."""
@@ -294,7 +331,7 @@ class Consumer(Endings):
                 names = ", ".join(f"{i.message.task}[{i.message.id}]" for i in running)
                 logger.info("Waiting for %d running task(s): %s", len(self.inflight), names)
                 announced = time.monotonic()
-            self._handle(_drain(self.events, timeout=0.2))
+            self.handle_now(_drain(self.events, timeout=0.2))
             self.pool.check()
 
     def close(self) -> None:
@@ -306,13 +343,14 @@ class Consumer(Endings):
 
     def abandon_running(self, reason: str) -> None:
         """Give back jobs that were still running when the worker had to stop."""
-        for item in list(self.inflight.values()):
-            self.limits.finished(item.slot)
-            if not item.acked:
-                self.app.broker.release(item.delivery, reason=reason)
-        self.inflight.clear()
-        self.limits.flush()
-        self.leases.update(())
+        with self._lock:
+            for item in list(self.inflight.values()):
+                self.limits.finished(item.slot)
+                if not item.acked:
+                    self.app.broker.release(item.delivery, reason=reason)
+            self.inflight.clear()
+            self.limits.flush()
+            self.leases.update(())
 
     def stats(self) -> dict[str, Any]:
         """Counters for logs and monitoring."""

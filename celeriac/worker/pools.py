@@ -1,4 +1,5 @@
-"""Execution pools: where jobs run. Every pool reports to the consumer through one queue.
+"""Execution pools: where jobs run. Every pool reports to the consumer through one queue (a
+pool that ``hands_off``, prefork, gives finished jobs to ``on_events`` in its own thread).
 
 Events a pool puts on the queue::
 
@@ -50,6 +51,12 @@ class Pool(abc.ABC):
     #: monitoring and control (celeriac.worker.control): told of each job as it starts; a
     #: JobDone it returns stands for the job, which does not run (revoked while it waited)
     on_start: Callable[[Job], JobDone | None] | None = None
+    #: ``submit`` only hands the job over, never runs it in the calling thread (prefork): the
+    #: consumer's threads may then handle events where they happen, without the main loop
+    hands_off = False
+    #: set by the consumer when ``hands_off``: handles events in the calling thread; the
+    #: prefork collector gives it finished jobs directly instead of through the queue
+    on_events: Callable[[list[Event]], None] | None = None
 
     def __init__(
         self, app: Celeriac, concurrency: int, hostname: str, events: queue.SimpleQueue[Event]

@@ -3,9 +3,11 @@
 The consumer (in the parent) holds every lease; jobs wait in the pool's queue in the parent
 and a child gets one only when it is idle, so a long task never holds short ones hostage. A
 collector thread waits on the children's pipes and process sentinels: it hands the next
-waiting job to a child the moment that child reports a result, passes results to the
-consumer, and replaces a dead child, reporting its job lost. Hard time limits are enforced
-by killing the child that passed its limit.
+waiting job to a child the moment that child reports a result, then has the consumer finish
+the results in this same thread (``Pool.on_events``: storing and acknowledging them does not
+wait for the main loop to wake), and replaces a dead child, reporting its job lost through
+the consumer's queue. Hard time limits are enforced by killing the child that passed its
+limit.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class PreforkPool(Pool):
     """Child processes forked from the worker, replaced when they die."""
 
     name = "prefork"
+    hands_off = True
 
     def __init__(
         self, app: Celeriac, concurrency: int, hostname: str, events: queue.SimpleQueue[Event]
@@ -219,9 +222,12 @@ class PreforkPool(Pool):
             ready = {fd for fd, _ in poller.poll(1000.0)}
             if self._wake_r in ready:
                 os.read(self._wake_r, 64)
-            for fd in ready:
-                if fd in pipes:
-                    self._receive(pipes[fd])
+            finished = [e for fd in ready if fd in pipes and (e := self._receive(pipes[fd]))]
+            if finished and self.on_events is not None:
+                self.on_events(finished)
+            else:
+                for event in finished:
+                    self.events.put(event)
             for fd in ready:
                 if fd in sentinels:
                     self._reap(sentinels[fd])
@@ -237,21 +243,22 @@ class PreforkPool(Pool):
             poller.register(fd, select.POLLIN)
         return poller, pipes, sentinels
 
-    def _receive(self, child: _Child) -> None:
+    def _receive(self, child: _Child) -> Event | None:
+        """Take a child's result and give it its next job; the event to report, if any."""
         try:
             done: JobDone
             done, retiring = child.conn.recv()
         except (EOFError, OSError):
-            return  # the child died; its sentinel reports it
+            return None  # the child died; its sentinel reports it
         with self._lock:
             if child.job_id != done.job_id:
-                return  # already reported as timed out
+                return None  # already reported as timed out
             child.job_id = child.deadline = None
             child.retiring = retiring
             job = self._next_for(child)
         if job is not None:
             self._send(child, job)
-        self.events.put(("done", done))
+        return ("done", done)
 
     def _reap(self, child: _Child) -> None:
         """A child exited: report its job lost and start a replacement."""
