@@ -82,11 +82,15 @@ class LeaseKeeper:
         return f"helper process {self._helper.pid}" if self._helper is not None else "thread"
 
     def start(self) -> None:
-        """Start the helper (without waiting for it) or the renewer, then the keeper's thread.
+        """Start the helper and wait until it runs, or the renewer; then the keeper's thread.
 
-        What is held before the helper runs waits in the pipe; it renews that at once.
+        The worker fetches only after this: a first task that holds the GIL at once must find
+        its lease renewed by a helper that is already running (starting one takes a good part
+        of a second, more on a busy host, and a short lease could lapse meanwhile).
         """
         self._use(self._spawn_helper() if self._want_helper else None)
+        if self._helper is not None and not self._helper.ready(HELPER_START_TIMEOUT):
+            self._fall_back()
         self._thread.start()
 
     # -- what the consumer holds ----------------------------------------------------------
@@ -178,9 +182,7 @@ class LeaseKeeper:
             self._helper.send(message)  # another and tells it everything held
 
     def _loop(self) -> None:
-        known = _broker_instance(self.app, None, 0)  # before anything can keep us waiting
-        if self._helper is not None and not self._helper.ready(HELPER_START_TIMEOUT):
-            self._fall_back()
+        known = _broker_instance(self.app, None, 0)
         next_round = time.monotonic() + self.interval
         while not self._closed.is_set():
             wait = max(0.0, next_round - time.monotonic())
