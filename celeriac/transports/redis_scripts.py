@@ -256,35 +256,25 @@ return out
 """
 
 # KEYS per item: leased, message. ARGV: lease ms, then per item id, token. Returns 1/0 per item.
-EXTEND = r"""
+_EXTEND_HELD = r"""
 local _, now_ms = clock()
 local out = {}
 for i = 1, #KEYS / 2 do
   out[i] = 0
   if held(KEYS[i * 2], ARGV[i * 2 + 1]) then
     redis.call('ZADD', KEYS[i * 2 - 1], 'XX', now_ms + tonumber(ARGV[1]), ARGV[i * 2])
+    -- then
     out[i] = 1
   end
 end
 return out
 """
+EXTEND = _EXTEND_HELD.replace("    -- then\n", "")
 
 # KEYS, ARGV and reply: EXTEND's. Also frees each held message's unique key: on a cluster,
 # ``complete`` holds the lease this way before it writes the results, and a task whose result
 # can be seen may be queued again.
-HOLD = r"""
-local _, now_ms = clock()
-local out = {}
-for i = 1, #KEYS / 2 do
-  out[i] = 0
-  if held(KEYS[i * 2], ARGV[i * 2 + 1]) then
-    redis.call('ZADD', KEYS[i * 2 - 1], 'XX', now_ms + tonumber(ARGV[1]), ARGV[i * 2])
-    free_unique(KEYS[i * 2])
-    out[i] = 1
-  end
-end
-return out
-"""
+HOLD = _EXTEND_HELD.replace("    -- then\n", "    free_unique(KEYS[i * 2])\n")
 
 # KEYS: leased, ready, wake, message, dead. ARGV: id, token, has reason ('1'/'0'), reason,
 # max deliveries, queue, dead letter (its key), detail (JSON object text, '' for none).
