@@ -76,22 +76,15 @@ class Keys(RedisBase):
                 while _kind(conn.read_response()) != b"unsubscribe":
                     pass  # notices that came in meanwhile; the pool gets a clean connection
             return value
-        conn, kept = self._waiter(channel)
-        try:
-            return self._wait_on(conn, key, channel, deadline)
-        except RedisConnectionError:
-            self._drop_waiter(conn)
-            if not kept:
-                raise
-        except BaseException:
-            self._drop_waiter(conn)  # it may hold half a reply
-            raise
-        conn, _ = self._waiter(channel)  # a kept connection the server had closed: once more, anew
-        try:
-            return self._wait_on(conn, key, channel, deadline)
-        except BaseException:
-            self._drop_waiter(conn)
-            raise
+        while True:
+            conn, kept = self._waiter(channel)
+            try:
+                return self._wait_on(conn, key, channel, deadline)
+            except BaseException as exc:
+                self._drop_waiter(conn)  # it may hold half a reply
+                if not (kept and isinstance(exc, RedisConnectionError)):
+                    raise
+                # a kept connection the server had closed: once more, on a new one
 
     def _wait_on(self, conn: Any, key: str, channel: str, deadline: float | None) -> bytes | None:
         """Subscribe ``conn`` to ``channel``, wait for the value, and send the unsubscribe
