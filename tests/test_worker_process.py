@@ -274,8 +274,9 @@ def test_sigterm_lets_running_tasks_finish_and_loses_nothing(
     runs = tmp_path / "runs.txt"
     started = [tmp_path / f"started-{i}" for i in range(2)]
     long = [send(producer, "sleep_marked", 2, str(path), str(runs)) for path in started]
-    quick = [send(producer, "add", i, 1) for i in range(20)]
     wait_until(lambda: all(p.exists() for p in started), 20, "both long tasks to start")
+    # Sent once both processes are busy: an idle process fetches what it can run.
+    quick = [send(producer, "add", i, 1) for i in range(20)]
 
     first.terminate()
     assert first.wait(timeout=30) == 0

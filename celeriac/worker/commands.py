@@ -59,6 +59,9 @@ def cmd_active(control: WorkerControl) -> Any:
 @command
 def cmd_reserved(control: WorkerControl) -> Any:
     """The tasks held and not started yet."""
+    children = control.consumer.pool.held()
+    if children is not None:  # a consuming pool: its children hold them
+        return [task_info(control, item, None) for _, item, at in children if at is None]
     started = {job_id for job_id, _, _ in control.running()}
     held = dict(control.consumer.inflight)
     return [task_info(control, item, None) for j, item in held.items() if j not in started]
@@ -106,13 +109,18 @@ def cmd_stats(control: WorkerControl) -> Any:
         "uptime": round(time.time() - control.since, 3),
         "pool": {"implementation": pool.name, "max-concurrency": pool.concurrency,
                  "processes": pids() if callable(pids) else []},
-        "prefetch_count": consumer.budget, "processed": consumer.processed,
-        "active": len(control.running()), "held": len(consumer.inflight),
+        "prefetch_count": consumer.budget, "processed": consumer.total_processed(),
+        "active": len(control.running()), "held": _held(control),
         "queues": list(consumer.queues), "revoked": len(control.revoked),
         "broker": {"url": masked_url(control.app.broker_url)},
         "loadavg": load_average(),
         "rusage": {"utime": usage.ru_utime, "stime": usage.ru_stime, "maxrss": usage.ru_maxrss},
     }  # fmt: skip
+
+
+def _held(control: WorkerControl) -> int:
+    children = control.consumer.pool.held()
+    return len(control.consumer.inflight) if children is None else len(children)
 
 
 @command
@@ -174,7 +182,7 @@ def cmd_add_consumer(control: WorkerControl, queue: str) -> Any:
     consumer = control.consumer
     if queue in consumer.queues:
         return {"ok": f"already consuming from {queue}"}
-    consumer.queues = [*consumer.queues, queue]  # the fetcher reads the list on every pass
+    consumer.set_queues([*consumer.queues, queue])
     logger.info("Consuming from queue %s (remote control)", queue)
     return {"ok": f"now consuming from {queue}"}
 
@@ -187,7 +195,7 @@ def cmd_cancel_consumer(control: WorkerControl, queue: str) -> Any:
         raise CommandError(f"not consuming from {queue!r}")
     if len(consumer.queues) == 1:
         raise CommandError(f"{queue!r} is this worker's only queue; use shutdown to stop it")
-    consumer.queues = [name for name in consumer.queues if name != queue]
+    consumer.set_queues([name for name in consumer.queues if name != queue])
     logger.info("No longer consuming from queue %s (remote control)", queue)
     return {"ok": f"no longer consuming from {queue}"}
 
@@ -204,6 +212,7 @@ def cmd_time_limit(
     if soft is not None and hard is not None and soft > hard:
         raise CommandError(f"the soft limit ({soft:g} s) is longer than the hard one ({hard:g} s)")
     task.soft_time_limit, task.time_limit = soft, hard
+    control.consumer.pool.forward(("time_limit", task_name, soft, hard))
     conf = control.app.conf
     text = (f"time limits of {task_name}: soft {_limit_text(soft, conf.task_soft_time_limit)}, "
             f"hard {_limit_text(hard, conf.task_time_limit)}")  # fmt: skip
@@ -250,6 +259,7 @@ def cmd_rate_limit(
         limits.local.pop(task_name, None)
     else:
         limits.local[task_name] = rate
+    control.consumer.pool.forward(("rate", task_name, rate_limit, not stored))
     where = "every worker" if stored else "this worker"
     logger.info("Rate limit of %s for %s: %s (remote control)", task_name, where, rate_limit)
     if rate_limit is None:
@@ -269,6 +279,7 @@ def cmd_revoke(
     """Refuse these tasks from now on; with ``terminate``, stop them where they run."""
     ids = [task_id] if isinstance(task_id, str) else [str(one) for one in task_id]
     control.revoked.add(ids)
+    control.consumer.pool.forward(("revoke", ids))
     logger.info("Tasks revoked by remote control: %s", ", ".join(ids))
     if not terminate:
         return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}

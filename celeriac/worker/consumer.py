@@ -106,6 +106,8 @@ class Consumer(Endings):
             self.pool.on_events = self.handle_now
         self.leases.start()
         self.finisher.start()
+        if self.pool.consumes:
+            return  # its processes fetch for themselves
         thread = threading.Thread(target=self._fetch_loop, name="fetcher", daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -187,6 +189,10 @@ class Consumer(Endings):
                 self._lost(event[1], event[2], event[3] if len(event) > 3 else None)
             elif kind == "timeout":
                 self._timed_out(event[1])
+            elif kind == "lost_held":  # a consuming pool's child died (celeriac.worker.consuming)
+                self._end_lost(event[1], event[2], event[3])
+            elif kind == "timeout_held":
+                self._end_timed_out(event[1])
         if finished:
             self._finish(finished)
         self.limits.flush()  # slots of the tasks that ended in this batch
@@ -212,7 +218,7 @@ class Consumer(Endings):
     def _accept(self, deliveries: list[Delivery]) -> None:
         """Validate fetched messages; refuse the bad ones, hand the good ones to the pool."""
         for delivery in deliveries:
-            if self.stopping.is_set():
+            if self._giving_back():
                 self.app.broker.release(delivery)  # fetched as we stopped: give it back
                 self._release_budget(1)
                 continue
@@ -248,6 +254,10 @@ class Consumer(Endings):
             if slot is not None:
                 self.leases.hold_slot(slot)  # renewed with the lease, from before it starts
             self._submit(self._next_id)
+
+    def _giving_back(self) -> bool:
+        """Whether what was just fetched goes back at once (the worker is stopping)."""
+        return self.stopping.is_set()
 
     def _admit(self, delivery: Delivery, message: Message) -> tuple[bool, Slot | None]:
         """Rate and concurrency limits: run now, or give the message back to wait its turn."""
@@ -298,8 +308,9 @@ class Consumer(Endings):
     def _wind_down(self) -> None:
         # Unstarted work goes back at once, before a child that frees up can take it; then
         # again for what the fetcher handed out as it stopped.
-        released = self._give_back_unstarted()
-        self._threads[0].join(2.0)  # the fetcher; the lease keeper runs until close()
+        released = self._give_back_unstarted() + self.pool.hand_back()
+        for thread in self._threads:  # the fetcher; the lease keeper runs until close()
+            thread.join(2.0)
         released += self._give_back_unstarted()
         if released:
             logger.info("Handed back %d prefetched task(s) to the broker", released)
@@ -319,14 +330,15 @@ class Consumer(Endings):
                     released += 1
             self._release_budget(len(unstarted))
             self.limits.flush()
+            self.leases.update(self.inflight.values())  # stop renewing what went back
         return released
 
     def wait_running(self, timeout: float) -> None:
         """Finish jobs still running in the pool, up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         announced = 0.0
-        while self.inflight and time.monotonic() < deadline:
-            if time.monotonic() - announced > 5:
+        while (self.inflight or self.pool.busy()) and time.monotonic() < deadline:
+            if self.inflight and time.monotonic() - announced > 5:
                 running = self.inflight.values()
                 names = ", ".join(f"{i.message.task}[{i.message.id}]" for i in running)
                 logger.info("Waiting for %d running task(s): %s", len(self.inflight), names)
@@ -351,10 +363,20 @@ class Consumer(Endings):
             self.inflight.clear()
             self.limits.flush()
             self.leases.update(())
+        self.pool.abandon(reason)
+
+    def set_queues(self, queues: list[str]) -> None:
+        """Fetch from ``queues`` from now on (the fetcher reads the list on every pass)."""
+        self.queues = queues
+        self.pool.forward(("queues", queues))
+
+    def total_processed(self) -> int:
+        """Jobs finished by this worker, here or in the pool's consuming processes."""
+        return self.processed + self.pool.processed()
 
     def stats(self) -> dict[str, Any]:
         """Counters for logs and monitoring."""
-        return {"processed": self.processed, "inflight": len(self.inflight)}
+        return {"processed": self.total_processed(), "inflight": len(self.inflight)}
 
 
 def _drain(events: queue.SimpleQueue[Event], timeout: float = 0.0) -> list[Event]:

@@ -34,6 +34,7 @@ from celeriac.worker.heartbeat import Heartbeat, load_average
 from celeriac.worker.task_events import TaskEvents
 
 if TYPE_CHECKING:
+    from celeriac.app import Celeriac
     from celeriac.message import Message
     from celeriac.transports.base import Subscription
     from celeriac.worker.consumer import Consumer
@@ -105,17 +106,7 @@ class WorkerControl:
 
     def load_revoked(self) -> None:
         """The revocations the broker keeps (a worker started later still honours them)."""
-        ids: list[str] = []
-        for _, body in revoked_history(self.app).read():
-            try:
-                record = json.loads(body)
-                if self.key and (problem := signature_problem(record, self.key)) is not None:
-                    logger.warning("ignoring a kept revocation: %s", problem)
-                    continue
-                ids.extend(str(one) for one in record["ids"])
-            except (ValueError, KeyError, TypeError):
-                logger.warning("ignoring a kept revocation of unknown shape")
-        self.revoked.add(ids)
+        self.revoked.add(read_revoked(self.app, self.key))
 
     # -- called by the pool and the heartbeat -----------------------------------------------
 
@@ -136,6 +127,9 @@ class WorkerControl:
 
     def running(self) -> list[tuple[int, Inflight, float]]:
         """``(job id, item, started)`` for the held jobs the pool has started."""
+        held = self.consumer.pool.held(running_only=True)
+        if held is not None:  # a consuming pool: its children hold them
+            return [(job_id, item, at) for job_id, item, at in held if at is not None]
         inflight = dict(self.consumer.inflight)
         for job_id in [j for j in list(self.started) if j not in inflight]:
             self.started.pop(job_id, None)
@@ -145,7 +139,7 @@ class WorkerControl:
         """The numbers a heartbeat carries."""
         return {
             "active": len(self.running()),
-            "processed": self.consumer.processed,
+            "processed": self.consumer.total_processed(),
             "loadavg": load_average(),
             "pool_size": self.consumer.pool.concurrency,
         }
@@ -229,6 +223,21 @@ class WorkerControl:
             self.app.broker.broadcast(topic, text.encode())
         except Exception as exc:
             logger.warning("could not reply to a control command: %s", exc)
+
+
+def read_revoked(app: Celeriac, key: str | None) -> list[str]:
+    """The task ids of the revocations the broker keeps; with ``key``, only signed ones."""
+    ids: list[str] = []
+    for _, body in revoked_history(app).read():
+        try:
+            record = json.loads(body)
+            if key and (problem := signature_problem(record, key)) is not None:
+                logger.warning("ignoring a kept revocation: %s", problem)
+                continue
+            ids.extend(str(one) for one in record["ids"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring a kept revocation of unknown shape")
+    return ids
 
 
 def _parse_request(body: bytes) -> dict[str, Any] | None:

@@ -190,6 +190,13 @@ class Endings:
         if item is None:
             return
         self.limits.finished(item.slot)
+        revoked = item.message.id in self.revoked  # then _discard_revoked frees the budget
+        self._end_lost(item, how, process)
+        if not revoked:
+            self._release_budget(1)
+
+    def _end_lost(self, item: Inflight, how: str, process: dict[str, Any] | None) -> None:
+        """End the delivery of a job whose process died (held here or by a prefork child)."""
         if item.message.id in self.revoked:  # remote control: stopped by revoke(terminate)
             self._discard_revoked(item.delivery, item.message, item.acked, terminated=True)
             return
@@ -205,7 +212,6 @@ class Endings:
         # After the release, so a client that sees the failure also sees the dead letter.
         if delivery.deliveries >= self.app.broker.max_deliveries:
             self._store_failure(message, WorkerLostError(f"worker process died ({how})"))
-        self._release_budget(1)
 
     def _timed_out(self, job_id: int) -> None:
         """A job passed its hard time limit: record the failure; it is not redelivered."""
@@ -213,6 +219,11 @@ class Endings:
         if item is None:
             return
         self.limits.finished(item.slot)
+        self._end_timed_out(item)
+        self._release_budget(1)
+
+    def _end_timed_out(self, item: Inflight) -> None:
+        """End the delivery of a job stopped at its hard time limit (held here or by a child)."""
         limit = time_limits(item.message, self.app.tasks.get(item.message.task), self.app)[0]
         logger.error(
             "Hard time limit (%ss) exceeded for %s[%s]", limit, item.message.task, item.message.id
@@ -224,7 +235,6 @@ class Endings:
             self.task_events.failed(item.message, f"TimeLimitExceeded(hard time limit ({limit}s))")
         if not item.acked:
             self.app.broker.ack(item.delivery)
-        self._release_budget(1)
 
     def _store_failure(self, message: Message, exc: Exception) -> None:
         self.app.results.store(

@@ -53,6 +53,8 @@ class Owner(Protocol):
     """The consumer, as the keeper sees it: where lease counts go."""
 
     metrics: WorkerMetrics | None
+    #: ``time.monotonic()`` of the last successful broker call (the health file reads it)
+    last_broker_ok: float
 
 
 class LeaseKeeper:
@@ -182,7 +184,7 @@ class LeaseKeeper:
             self._helper.send(message)  # another and tells it everything held
 
     def _loop(self) -> None:
-        known = _broker_instance(self.app, None, 0)
+        known = _broker_instance(self.app, None, 0, self.owner)
         next_round = time.monotonic() + self.interval
         while not self._closed.is_set():
             wait = max(0.0, next_round - time.monotonic())
@@ -196,7 +198,7 @@ class LeaseKeeper:
             if time.monotonic() < next_round or self._closed.is_set():
                 continue
             next_round = time.monotonic() + self.interval
-            known = _broker_instance(self.app, known, len(self._held))
+            known = _broker_instance(self.app, known, len(self._held), self.owner)
             if self._helper is None:
                 assert self._renewer is not None
                 report = self._renewer.renew()
@@ -266,12 +268,13 @@ class LeaseKeeper:
             logger.warning("concurrency slot %s ran out while its task ran", key)
 
 
-def _broker_instance(app: Celeriac, known: str | None, held: int) -> str | None:
+def _broker_instance(app: Celeriac, known: str | None, held: int, owner: Owner) -> str | None:
     """Report a broker that lost its state (a Redis restarted without persistence)."""
     try:
         current = app.broker.instance_id()
     except Exception:
         return known  # the broker is away; the transport reconnects
+    owner.last_broker_ok = time.monotonic()  # for a worker whose fetches happen elsewhere
     if known is not None and current != known:
         logger.error(
             "The broker %s lost its state (restarted without persistence?): work queued "

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 import queue
+import resource
 import sys
 import threading
 import time
@@ -27,6 +29,7 @@ from celeriac.worker.execute import JobDone, failed_job, run_message
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.message import Message
+    from celeriac.worker.endings import Inflight
 
 Event = tuple[Any, ...]
 
@@ -117,6 +120,35 @@ class Pool(abc.ABC):
     def info(self) -> str:
         """A short description for the banner."""
         return f"{self.concurrency} ({self.name})"
+
+    # -- pools whose processes fetch for themselves (celeriac.worker.consuming) -----------
+
+    #: the pool's processes fetch, run and acknowledge for themselves; the consumer in the
+    #: worker process only settles what they leave behind when they die or time out
+    consumes = False
+
+    def forward(self, command: tuple[Any, ...]) -> None:
+        """Pass a control command on to processes that consume for themselves."""
+
+    def hand_back(self) -> int:
+        """Have consuming processes stop fetching and give back unstarted work; how much."""
+        return 0
+
+    def busy(self) -> bool:
+        """Whether consuming processes still run (finishing their work after a stop)."""
+        return False
+
+    def abandon(self, reason: str) -> None:
+        """Give back what consuming processes held; call after ``terminate``."""
+
+    def held(self, running_only: bool = False) -> list[tuple[int, Inflight, float | None]] | None:
+        """What consuming processes hold (``running_only``: run): ``(job id, item, started or
+        None)``; None when the consumer holds everything itself."""
+        return None
+
+    def processed(self) -> int:
+        """Jobs finished by consuming processes."""
+        return 0
 
 
 def run_job(app: Celeriac, job: Job, hostname: str) -> JobDone:
@@ -247,6 +279,23 @@ def create_pool(
     if kind == "solo":
         return SoloPool(app, concurrency, hostname, events)
     raise ValueError(f"unknown pool {kind!r}; choose prefork, threads, asyncio or solo")
+
+
+def should_retire(app: Celeriac, done: int) -> bool:
+    """True once a pool process ran its task budget or grew past its memory budget."""
+    limit = app.conf.worker_max_tasks_per_child
+    if limit is not None and done >= limit:
+        return True
+    memory = app.conf.worker_max_memory_per_child  # KiB, as Celery counts it
+    if memory is not None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        if peak > memory:
+            logging.getLogger(__name__).warning(
+                "pool process %s used %d KiB (limit %d KiB): replacing it", os.getpid(), peak,
+                memory,
+            )  # fmt: skip
+            return True
+    return False
 
 
 def redirect_stdouts(level: str) -> None:

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import resource
 import select
 import signal
 import sys
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING
 from celeriac import signals
 from celeriac.message import decode
 from celeriac.worker.execute import JobDone
-from celeriac.worker.pools import Event, Job, Pool, redirect_stdouts, run_job
+from celeriac.worker.pools import Event, Job, Pool, redirect_stdouts, run_job, should_retire
 
 if TYPE_CHECKING:
     import queue
@@ -178,7 +177,7 @@ class PreforkPool(Pool):
                 self.events.put(("timeout", child.job_id, child.deadline))
                 child.job_id = child.deadline = None
                 child.killed = True
-                _kill(child.process)
+                kill(child.process)
 
     def stop(self, timeout: float) -> None:
         """Ask idle children to exit, wait for busy ones up to ``timeout``, then kill."""
@@ -193,7 +192,7 @@ class PreforkPool(Pool):
             child.process.join(max(0.0, deadline - time.monotonic()))
         for child in children:
             if child.process.is_alive():
-                _kill(child.process)
+                kill(child.process)
                 child.process.join(1)
         os.write(self._wake_w, b"x")
 
@@ -201,7 +200,7 @@ class PreforkPool(Pool):
         """Kill every child now."""
         self._stopping = True
         for child in list(self._children):
-            _kill(child.process)
+            kill(child.process)
         os.write(self._wake_w, b"x")
 
     # -- the collector thread ------------------------------------------------------------
@@ -297,7 +296,8 @@ class PreforkPool(Pool):
             return [c.process.pid for c in self._children if c.process.pid is not None]
 
 
-def _kill(process: BaseProcess) -> None:
+def kill(process: BaseProcess) -> None:
+    """SIGKILL a pool process if it still runs."""
     if process.pid is not None and process.is_alive():
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGKILL)
@@ -324,22 +324,7 @@ def _child_main(app: Celeriac, conn: Connection, hostname: str, index: int) -> N
         message = decode(body, accept)
         result = run_job(app, Job(job_id, message, body, delivery, None, soft), hostname)
         done += 1
-        retiring = _should_retire(app, done)
+        retiring = should_retire(app, done)
         conn.send((result, retiring))
     sys.stdout.flush()
     os._exit(0)
-
-
-def _should_retire(app: Celeriac, done: int) -> bool:
-    """True once this child ran its task budget or grew past its memory budget."""
-    limit = app.conf.worker_max_tasks_per_child
-    if limit is not None and done >= limit:
-        return True
-    memory = app.conf.worker_max_memory_per_child  # KiB, as Celery counts it
-    if memory is not None:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        if peak > memory:
-            logger.warning("pool process %s used %d KiB (limit %d KiB): replacing it",
-                           os.getpid(), peak, memory)  # fmt: skip
-            return True
-    return False

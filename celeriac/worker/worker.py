@@ -23,7 +23,7 @@ from celeriac.errors import ConfigurationError
 from celeriac.worker.autoscale import Autoscaler
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.health import HealthFile
-from celeriac.worker.pools import Event, create_pool, redirect_stdouts
+from celeriac.worker.pools import Event, Pool, create_pool, redirect_stdouts
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -107,7 +107,7 @@ class Worker:
 
     def _run(self) -> int:
         events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        pool = create_pool(self.pool_kind, self.app, self.concurrency, self.hostname, events)
+        pool = self._create_pool(events)
         scaler = Autoscaler(pool, *self.autoscale) if self.autoscale else None
         in_process = self.pool_kind != "prefork"  # tasks run here: they could starve a thread
         consumer = self.consumer = Consumer(
@@ -136,16 +136,29 @@ class Worker:
         if health is not None:
             health.stop()
         consumer.wait_running(self.shutdown_timeout)
-        if consumer.inflight:
-            left = len(consumer.inflight)
+        if consumer.inflight or pool.busy():
+            left = len(consumer.inflight) + len(pool.held(running_only=True) or ())
             logger.warning("Shutdown timeout: giving back %d running task(s)", left)
             consumer.abandon_running("shutdown_timeout")
         pool.stop(timeout=2.0)
         consumer.close()
         if consumer.metrics is not None:
             consumer.metrics.stop()
-        logger.info("Worker %s stopped (processed %d).", self.hostname, consumer.processed)
+        logger.info("Worker %s stopped (processed %d).", self.hostname, consumer.total_processed())
         return 0
+
+    def _create_pool(self, events: queue.SimpleQueue[Event]) -> Pool:
+        """The pool; prefork children fetch for themselves unless a feature needs the worker
+        process to hand out the jobs (see ``celeriac.worker.consuming``)."""
+        dispatch = (
+            self.autoscale is not None or self.metrics_port is not None
+            or self.app.broker_url.startswith("memory:")
+        )  # fmt: skip
+        if self.pool_kind == "prefork" and not dispatch:
+            from celeriac.worker.consuming import ConsumingPool
+
+            return ConsumingPool(self.app, self.concurrency, self.hostname, events, self.queues)
+        return create_pool(self.pool_kind, self.app, self.concurrency, self.hostname, events)
 
     def _serve_metrics(self, consumer: Consumer) -> str | None:
         """Start the metrics endpoint when asked to; its URL."""
