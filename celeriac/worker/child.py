@@ -50,13 +50,15 @@ RUNNING, DEADLINE, STARTED, PROCESSED = range(4)
 SLOT_SIZE = 4
 IDLE = -1.0
 Slot = Any  # a multiprocessing RawArray of SLOT_SIZE doubles
+#: Seconds of running after which finished jobs are written before the next job runs.
+WRITE_AFTER = 0.005
 
 
 class ChildPool(Pool):
-    """The child's one slot: jobs wait in a queue, the main thread runs them one by one."""
+    """The child's one slot: fetched jobs wait in a queue; the consumer runs them one by one."""
 
     name = "prefork"
-    hands_off = True  # the fetcher hands jobs over and the main thread runs them
+    hands_off = True  # submit only queues: the consumer runs the jobs itself
 
     def __init__(
         self, app: Celeriac, hostname: str, events: queue.SimpleQueue[Event], slot: Slot
@@ -66,27 +68,17 @@ class ChildPool(Pool):
         #: the delivery number of a job, as the parent knows it (set by the consumer)
         self.number_of: Callable[[Job], int] = lambda job: 0
         self._jobs: collections.deque[Job] = collections.deque()
-        #: the parent found the running job long: fetch nothing more until it ends
-        self.long_job = False
-        self._ready = threading.Condition()
+        self._lock = threading.Lock()  # the parent's commands take jobs back from another thread
 
     def submit(self, job: Job) -> None:
         """Queue the job for the main thread."""
-        with self._ready:
+        with self._lock:
             self._jobs.append(job)
-            self._ready.notify()
 
-    def next(self, timeout: float) -> Job | None:
-        """The next job, waiting up to ``timeout`` for one."""
-        with self._ready:
-            if not self._jobs:
-                self._ready.wait(timeout)
+    def next(self) -> Job | None:
+        """The next job to run, if one waits."""
+        with self._lock:
             return self._jobs.popleft() if self._jobs else None
-
-    def wake(self) -> None:
-        """Wake the main thread waiting in ``next``."""
-        with self._ready:
-            self._ready.notify()
 
     def run(self, job: Job) -> JobDone | None:
         """Run ``job`` with its number in the shared slot; None when it must not run."""
@@ -101,11 +93,10 @@ class ChildPool(Pool):
         finally:
             slot[RUNNING] = IDLE
             slot[PROCESSED] += 1
-            self.long_job = False
 
     def take_back(self) -> list[int]:
         """Remove the jobs not started."""
-        with self._ready:
+        with self._lock:
             taken = [job.job_id for job in self._jobs]
             self._jobs.clear()
         return taken
@@ -145,25 +136,38 @@ class ChildConsumer(Consumer):
             self.task_events = TaskEvents(self.sender)
         self.leases.start()
         self.finisher.start()
-        thread = threading.Thread(target=self._fetch_loop, name="fetcher", daemon=True)
-        thread.start()
-        self._threads.append(thread)
 
     def run(self) -> None:
-        """Run jobs until stopped, then give back what is left (the parent counts it)."""
-        retiring = False
+        """One thread, as the bare broker loop: fetch when nothing waits, run what came, store
+        and acknowledge it in one batch; until stopped (or retired)."""
+        finished: list[Event] = []
+        since = 0.0  # when the oldest finished job not yet handled ended
         while not self.stopping.is_set():
             self.last_loop = time.monotonic()
-            job = self.pool.next(0.5)
+            job = self.pool.next()
             if job is None:
+                self._fetch_when_free()
                 continue
             done = self.pool.run(job)
-            self.handle_now([("done", done)] if done is not None else _drain(self.events))
-            if not retiring and should_retire(self.app, int(self.pool.slot[PROCESSED])):
-                retiring = True
+            since = since or time.monotonic()
+            finished += [("done", done)] if done is not None else _drain(self.events)
+            retiring = should_retire(self.app, int(self.pool.slot[PROCESSED]))
+            # A slow job's neighbours do not wait for their results to be written.
+            if retiring or not self.pool.backlog() or time.monotonic() - since > WRITE_AFTER:
+                self.handle_now(finished)
+                finished, since = [], 0.0
+            if retiring:
                 self.give_back()
-        self._threads[0].join(2.0)
+        self.handle_now(finished)
         self.give_back()
+
+    def _fetch_when_free(self) -> None:
+        with self._held_lock:
+            room = self.budget - self._held
+        if room > 0:
+            self._fetch(room)
+        else:  # finished work not written yet holds the budget: the finisher frees it
+            self.stopping.wait(0.01)
 
     def give_back(self) -> None:
         """Stop fetching and hand unstarted work back at once; tell the parent how much."""
@@ -171,11 +175,6 @@ class ChildConsumer(Consumer):
         released = self._give_back_unstarted()
         with contextlib.suppress(OSError):
             self.link.send(("released", released))
-
-    def stop(self) -> None:
-        """Stop fetching; the main loop ends after its job."""
-        super().stop()
-        self.pool.wake()
 
     def close(self) -> None:
         """Write the last results, then tell the parent that nothing is held any more."""
@@ -193,8 +192,7 @@ class ChildConsumer(Consumer):
         kind = message[0]
         if kind == "stop":
             self.give_back()
-        elif kind == "give_back":  # our job runs long and a sibling is idle
-            self.pool.long_job = True
+        elif kind == "give_back":  # our job runs long and a sibling is idle: for the sibling
             self._give_back_unstarted()
         elif kind == "revoke":
             self.revoked.add(message[1])
@@ -214,14 +212,6 @@ class ChildConsumer(Consumer):
             self.limits.local.pop(name, None)
         else:
             self.limits.local[name] = parse_rate(rate)
-
-    def _worth_fetching(self, room: int) -> bool:
-        # Not while a long job runs with idle siblings: they fetch what would wait here.
-        return not self.pool.long_job and super()._worth_fetching(room)
-
-    def _giving_back(self) -> bool:
-        # A fetch that was under way when the job was found long: for the siblings, too.
-        return self.pool.long_job or super()._giving_back()
 
     # -- the main thread --------------------------------------------------------------------
 

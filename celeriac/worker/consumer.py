@@ -113,7 +113,6 @@ class Consumer(Endings):
         self._threads.append(thread)
 
     def _fetch_loop(self) -> None:
-        broker = self.app.broker
         while not self.stopping.is_set():
             with self._held_lock:
                 room = self.budget - self._held
@@ -121,21 +120,26 @@ class Consumer(Endings):
             if not self._worth_fetching(room):
                 self._room.wait(0.5)
                 continue
-            try:
-                deliveries = broker.fetch(self.queues, limit=room, timeout=0.25, lease=self.lease)
-            except Exception:
-                logger.exception("fetching from the broker failed; trying again in 1s")
-                self.stopping.wait(1.0)
-                continue
-            self.last_broker_ok = time.monotonic()
-            if deliveries:
-                with self._held_lock:
-                    self._held += len(deliveries)
-                self.leases.hold(deliveries)  # renewed from now on, before anything can start
-                if self.pool.on_events is not None:  # prefork: hand them out from this thread
-                    self.handle_now([("fetched", deliveries)])
-                else:
-                    self.events.put(("fetched", deliveries))
+            self._fetch(room)
+
+    def _fetch(self, room: int) -> None:
+        """Fetch up to ``room`` deliveries, have them renewed, and hand them on."""
+        try:
+            deliveries = self.app.broker.fetch(self.queues, limit=room, timeout=0.25,
+                                               lease=self.lease)  # fmt: skip
+        except Exception:
+            logger.exception("fetching from the broker failed; trying again in 1s")
+            self.stopping.wait(1.0)
+            return
+        self.last_broker_ok = time.monotonic()
+        if deliveries:
+            with self._held_lock:
+                self._held += len(deliveries)
+            self.leases.hold(deliveries)  # renewed from now on, before anything can start
+            if self.pool.on_events is not None:  # prefork: hand them out from this thread
+                self.handle_now([("fetched", deliveries)])
+            else:
+                self.events.put(("fetched", deliveries))
 
     # -- the main loop --------------------------------------------------------------------
 
@@ -218,7 +222,7 @@ class Consumer(Endings):
     def _accept(self, deliveries: list[Delivery]) -> None:
         """Validate fetched messages; refuse the bad ones, hand the good ones to the pool."""
         for delivery in deliveries:
-            if self._giving_back():
+            if self.stopping.is_set():
                 self.app.broker.release(delivery)  # fetched as we stopped: give it back
                 self._release_budget(1)
                 continue
@@ -254,10 +258,6 @@ class Consumer(Endings):
             if slot is not None:
                 self.leases.hold_slot(slot)  # renewed with the lease, from before it starts
             self._submit(self._next_id)
-
-    def _giving_back(self) -> bool:
-        """Whether what was just fetched goes back at once (the worker is stopping)."""
-        return self.stopping.is_set()
 
     def _admit(self, delivery: Delivery, message: Message) -> tuple[bool, Slot | None]:
         """Rate and concurrency limits: run now, or give the message back to wait its turn."""

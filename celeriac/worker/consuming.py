@@ -57,8 +57,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 #: Seconds a child's job runs before the child gives back the work waiting behind it, when a
-#: sibling is idle.
-UNBLOCK_AFTER = 1.0
+#: sibling is idle; and how often that is looked at.
+UNBLOCK_AFTER = 0.25
+UNBLOCK_TICK = 0.1
 
 
 class ConsumingPool(Pool):
@@ -238,15 +239,15 @@ class ConsumingPool(Pool):
         return True
 
     def check(self) -> None:
-        """Enforce hard time limits; unblock work waiting behind a long job."""
+        """Kill children whose job passed its hard time limit; the job is reported timed out."""
         with self._lock:
             self._kill_late(time.monotonic())
-            if any(c.running() == IDLE for c in self._children):
-                self._unblock(time.time())
 
     def _unblock(self, now: float) -> None:
         """A child in a long job gives back what it fetched and has not started, for an idle
         sibling to take: a long task never holds short ones hostage for long."""
+        if all(c.running() != IDLE for c in self._children):
+            return
         for child in self._children:
             number = child.running()
             if number == IDLE or child.asked == number or len(child.held) < 2:
@@ -256,7 +257,6 @@ class ConsumingPool(Pool):
                 child.send(("give_back",))
 
     def _kill_late(self, now: float) -> None:
-        """Kill children whose job passed its hard time limit; the job is reported timed out."""
         for child in self._children:
             number, deadline = child.running(), float(child.slot[DEADLINE])
             if number == IDLE or not deadline or deadline >= now or child.timed_out:
@@ -341,10 +341,16 @@ class ConsumingPool(Pool):
                              "expire", child.process.pid)  # fmt: skip
 
     def _renew(self) -> None:
-        """Renew what every child holds, every third of a lease, and tell each what it kept."""
-        while not self._closed.wait(self.lease / 3):
+        """Renew what every child holds, every third of a lease, and tell each what it kept;
+        in between, look for work waiting behind a long job (``_unblock``)."""
+        next_round = time.monotonic() + self.lease / 3
+        while not self._closed.wait(min(UNBLOCK_TICK, max(0.0, next_round - time.monotonic()))):
             with self._lock:
+                self._unblock(time.time())
                 children = list(self._children)
+            if time.monotonic() < next_round:
+                continue
+            next_round = time.monotonic() + self.lease / 3
             for child in children:
                 report = child.renewer.renew()
                 if report is not None:

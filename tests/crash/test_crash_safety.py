@@ -515,11 +515,12 @@ def test_a_frozen_worker_s_tasks_are_taken_over_and_its_late_results_refused(
 def test_a_frozen_worker_skips_the_fetched_tasks_it_had_not_started(
     cluster: Cluster, pool: str
 ) -> None:
-    # One slot: the second task waits in the frozen worker, fetched and not started.
-    frozen = cluster.start("frozen", "-P", pool, "-c", "1")
+    # One slot: the second task waits in the frozen worker, fetched and not started. Both are
+    # sent first: a prefork child fetches only when it is free, and takes both at once.
     running = cluster.send("work", 2.5)
-    wait_until(lambda: len(cluster.ledger().runs) == 1, 15, "the first task to start")
     waiting = cluster.send("work", 0.1)
+    frozen = cluster.start("frozen", "-P", pool, "-c", "1")
+    wait_until(lambda: len(cluster.ledger().runs) == 1, 15, "the first task to start")
     inspect = cluster.app.control.inspect(f"frozen@{socket.gethostname()}", timeout=1.0)
     wait_until(
         lambda: [t["id"] for ts in (inspect.reserved() or {}).values() for t in ts] == [waiting],
