@@ -1,8 +1,13 @@
-"""A prefork child that consumes for itself: it fetches within its own prefetch budget,
-validates, runs one job at a time in its main thread, and stores and acknowledges in batches,
-as a solo worker does; its parent (``celeriac.worker.consuming``) supervises it.
+"""A prefork child that consumes for itself; its parent (``celeriac.worker.consuming``)
+supervises it.
 
-The child is a ``Consumer`` with three differences:
+One thread does the work, as the bare broker loop does: when nothing waits, fetch up to its
+prefetch budget (its one slot's share, ``worker_prefetch_multiplier``); validate; run the jobs
+one at a time; store and acknowledge them in one batch. It fetches only when free, so a long
+task holds hostage only what came in the same batch, and the parent has that given back when
+a sibling is idle.
+
+The child is a ``Consumer`` with three more differences:
 
 - its leases are renewed by the parent (``celeriac.worker.child_link``), which a task holding
   this process's GIL cannot starve;
@@ -50,7 +55,7 @@ RUNNING, DEADLINE, STARTED, PROCESSED = range(4)
 SLOT_SIZE = 4
 IDLE = -1.0
 Slot = Any  # a multiprocessing RawArray of SLOT_SIZE doubles
-#: Seconds of running after which finished jobs are written before the next job runs.
+#: Seconds a finished job's result waits for the rest of its batch before it is written.
 WRITE_AFTER = 0.005
 
 
@@ -128,7 +133,7 @@ class ChildConsumer(Consumer):
         pool.on_events = self.handle_now
 
     def start(self) -> None:
-        """Load revocations, start events if on, the lease keeper, finisher and fetcher."""
+        """Load revocations; start task events (if on), the lease keeper and the finisher."""
         self.revoked.add(read_revoked(self.app, self.app.conf.control_signing_key))
         if self.app.conf.worker_send_task_events:
             self.sender = EventSender(self.app, self.hostname).start()
@@ -152,7 +157,8 @@ class ChildConsumer(Consumer):
             since = since or time.monotonic()
             finished += [("done", done)] if done is not None else _drain(self.events)
             retiring = should_retire(self.app, int(self.pool.slot[PROCESSED]))
-            # A slow job's neighbours do not wait for their results to be written.
+            # Written with the batch, or once the oldest result has waited WRITE_AFTER (it may
+            # still wait for one slow job of its batch).
             if retiring or not self.pool.backlog() or time.monotonic() - since > WRITE_AFTER:
                 self.handle_now(finished)
                 finished, since = [], 0.0

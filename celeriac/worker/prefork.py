@@ -1,4 +1,8 @@
-"""The prefork pool: N child processes, each running one job at a time.
+"""The dispatching prefork pool: N child processes, each running one job at a time, handed
+out by the worker process. The worker uses it where children cannot fetch for themselves
+(the in-process memory broker, ``--autoscale``, ``--metrics-port``; otherwise prefork
+children consume on their own, ``celeriac.worker.consuming``), and so does the in-thread
+worker of ``celeriac.testing``.
 
 The consumer (in the parent) holds every lease; jobs wait in the pool's queue in the parent
 and a child gets one only when it is idle, so a long task never holds short ones hostage. A
