@@ -441,18 +441,10 @@ def test_long_tasks_and_far_etas_run_once(cluster: Cluster, pool: str) -> None:
 # In prefork the lease keeper is a thread of the parent, out of the tasks' reach; in the
 # threads and solo pools (asyncio runs sync tasks in threads too) the task holds the GIL of
 # the worker process itself, and the leases are renewed by the worker's lease helper process.
+# On SQLite the worker's writes must not hold the file's lock while the task holds the GIL
+# (tests/transports/test_sqlite.py checks that on its own).
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
-def test_a_task_holding_the_gil_keeps_its_lease(
-    cluster: Cluster, pool: str, engine_url: str
-) -> None:
-    if engine_url.startswith("sqlite") and pool != "prefork":
-        # A known gap, seen failing on old and new code alike: the leases lapse and the same
-        # worker runs its tasks again. The likely cause (not proven): the worker's fetcher
-        # polls SQLite in write transactions, and a task that takes the GIL while the fetcher
-        # is inside one keeps SQLite's write lock as long as it holds the GIL, so the lease
-        # helper process cannot renew. Prefork runs tasks in other processes; Redis has no
-        # such lock.
-        pytest.skip("SQLite with an in-process pool: a GIL-holding task can block renewals")
+def test_a_task_holding_the_gil_keeps_its_lease(cluster: Cluster, pool: str) -> None:
     # Sent before the workers start, so that a worker holds both leases before either task
     # runs. A fetch that completes while a task of that process holds the GIL is a known
     # window of the in-process pools: its leases are registered only once the GIL is free.

@@ -250,6 +250,54 @@ def test_fetch_wakes_within_milliseconds_of_a_publish(redis_url: str) -> None:
     assert max(delays) < 0.050
 
 
+def _count_claims(broker: RedisTransport, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record each claim the fetch makes in a call of its own."""
+    calls: list[object] = []
+    claim_slot = broker._claim_slot
+
+    def counted(*args: object) -> object:
+        calls.append(args)
+        return claim_slot(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(broker, "_claim_slot", counted)
+    return calls
+
+
+def test_a_woken_fetch_has_its_claim_run_by_the_server_with_the_wake(
+    broker: RedisTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The claim is sent with the wait: the server runs it when the token arrives, and the
+    # fetch makes no call of its own after waking.
+    broker.fetch([Q])  # loads the scripts
+    calls = _count_claims(broker, monkeypatch)
+    timer = threading.Timer(0.2, lambda: open_transport(broker.url).publish(Q, b"woken"))
+    timer.start()
+    [delivery] = broker.fetch([Q], timeout=5.0)
+    timer.join()
+    assert delivery.body == b"woken" and broker.ack(delivery)
+    assert len(calls) == 1  # the claim before the wait only
+
+
+def test_a_woken_fetch_claims_again_after_the_scripts_were_flushed(
+    broker: RedisTransport, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker.fetch([Q])
+    calls = _count_claims(broker, monkeypatch)
+
+    def flush_and_publish() -> None:
+        raw.script_flush()  # as a restarted server: the claim sent with the wait gets NOSCRIPT
+        open_transport(broker.url).publish(Q, b"woken")
+
+    timer = threading.Timer(0.2, flush_and_publish)
+    timer.start()
+    [delivery] = broker.fetch([Q], timeout=5.0)
+    timer.join()
+    assert delivery.body == b"woken" and broker.ack(delivery)
+    assert len(calls) == 2  # before the wait, and after it, the scripts loaded again
+    broker.publish(Q, b"after")
+    assert [d.body for d in broker.fetch([Q], timeout=1.0)] == [b"after"]
+
+
 def test_wait_wakes_within_milliseconds_of_a_put(redis_url: str) -> None:
     waiter, writer = open_transport(redis_url), open_transport(redis_url)
     delays = []

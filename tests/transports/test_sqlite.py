@@ -218,7 +218,7 @@ def test_claim_reads_ready_messages_through_the_index(tmp_path: Path, queues: in
     path = tmp_path / "plan.sqlite3"
     open_transport(f"sqlite:///{path}").publish("work", b"x")
     with closing(sqlite3.connect(path)) as conn:
-        params = [0.0, *(["work", 1] * queues), 1]
+        params = ["token", 0.0, *(["work", 1] * queues), 1]
         plan = conn.execute(f"EXPLAIN QUERY PLAN {_claim_sql(queues)}", params).fetchall()
     details = [row[3] for row in plan]
     assert sum("USING INDEX messages_ready" in d for d in details) == queues
@@ -257,3 +257,67 @@ def test_old_topic_rows_and_expired_keys_are_swept(tmp_path: Path) -> None:
     aged.broadcast("events", b"new")
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT body FROM topics").fetchall() == [(b"new",)]
+
+
+PROBE = textwrap.dedent(
+    """
+    import sys, time
+    from celeriac.transports import open_transport
+
+    transport = open_transport(sys.argv[1], {"busy_timeout": 60})
+    transport.put("probe", b"0")
+    print("ready", flush=True)
+    longest, end = 0.0, time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < end:
+        started = time.monotonic()
+        transport.put("probe", b"1")
+        longest = max(longest, time.monotonic() - started)
+        time.sleep(0.01)
+    print(longest, flush=True)
+    """
+)
+
+
+def _hold_gil(seconds: float) -> None:
+    """Keep the GIL for about ``seconds``: sum() over a range runs in C and never lets go."""
+    started = time.perf_counter()
+    sum(range(2_000_000))
+    per_item = (time.perf_counter() - started) / 2_000_000
+    sum(range(int(seconds / per_item)))
+
+
+def test_a_thread_holding_the_gil_does_not_keep_other_processes_from_writing(
+    tmp_path: Path,
+) -> None:
+    # A worker's fetcher and finisher write while a task of the same process holds the GIL
+    # (the threads pool). No write may keep SQLite's lock across Python code, or the lease
+    # helper process could not renew that worker's leases until the task let go.
+    url = f"sqlite:///{tmp_path / 'gil.sqlite3'}"
+    transport = open_transport(url)
+    transport.publish_many([("work", b"x", None, 0)] * 20_000)
+    probe = run_python(PROBE, url, "5")
+    assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
+    stop, done = threading.Event(), []
+
+    def consume() -> None:
+        while not stop.is_set():
+            deliveries = transport.fetch(["work"], limit=8, timeout=0.01)
+            done.extend(
+                transport.complete([(d, (f"r-{d.message_id}", b"ok", None)) for d in deliveries])
+            )
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(6):  # each may begin inside a transaction of the consumer's, or not
+            _hold_gil(0.5)
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        consumer.join()
+    out, _ = probe.communicate(timeout=30)
+    assert probe.returncode == 0
+    assert done and all(done)
+    longest = float(out)
+    assert longest < 0.3, f"a write of another process waited {longest:.2f} s"

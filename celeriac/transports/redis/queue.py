@@ -30,7 +30,7 @@ from celeriac.transports.base import (
     check_name,
 )
 from celeriac.transports.redis.connection import message_id, ms, translated
-from celeriac.transports.redis.wake import Wake
+from celeriac.transports.redis.wake import Call, Wake
 
 #: Messages per publish script call; a bulk publish sends its chunks in one transaction.
 PUBLISH_CHUNK = 1000
@@ -160,14 +160,20 @@ class Queues(Wake):
         names = check_fetch(queues, limit, timeout, lease)
         self._register(names)
         deadline = time.monotonic() + timeout
+        deliveries, wait = self._claim(names, limit, lease)
         while True:
-            deliveries, wait = self._claim(names, limit, lease)
             left = deadline - time.monotonic()
             if deliveries or left <= 0:
                 return deliveries
             if wait is not None:
                 left = min(left, wait)
-            self._block(names, min(left, self.socket_timeout))
+            # The next claim goes with the wait, and runs as soon as a token wakes it.
+            then = self._claim_call(names, limit, lease)
+            reply = self._block(names, min(left, self.socket_timeout), then)
+            if reply is None:
+                deliveries, wait = self._claim(names, limit, lease)
+            else:
+                deliveries, wait = _claimed(names, reply)
 
     def _register(self, queues: list[str]) -> None:
         """Note in ``P queues`` that ``queues`` are used, so that their dead letters are found.
@@ -210,6 +216,11 @@ class Queues(Wake):
         self, queues: list[str], limit: int, lease: float
     ) -> tuple[list[Delivery], float | None]:
         """One claim script over ``queues`` (all of one slot, or all on one server)."""
+        script, keys, args = self._claim_call(queues, limit, lease)
+        return _claimed(queues, script(keys, args))
+
+    def _claim_call(self, queues: list[str], limit: int, lease: float) -> Call:
+        """The claim script's call over ``queues`` (of one slot, or all on one server)."""
         keys: list[str] = []
         args: list[Any] = [limit, ms(lease), self.max_deliveries, secrets.token_hex(8) + "-"]
         args.append(TIMER_BATCH)
@@ -218,20 +229,7 @@ class Queues(Wake):
             keys += [base + "ready", base + "delayed", base + "leased", base + "wake"]
             keys.append(base + "dead")
             args += [queue, base]
-        reply = self._script().claim(keys, args)
-        wait_ms = int(reply[0])
-        deliveries = [
-            Delivery(
-                queue=queues[int(reply[i]) - 1],
-                body=reply[i + 2],
-                message_id=message_id(queues[int(reply[i]) - 1], reply[i + 1]),
-                lease=reply[i + 5].decode(),
-                deliveries=int(reply[i + 4]),
-                priority=int(reply[i + 3]),
-            )
-            for i in range(1, len(reply), 6)
-        ]
-        return deliveries, (None if wait_ms < 0 else wait_ms / 1000)
+        return self._script().claim, keys, args
 
     @translated
     def size(self, queue: str) -> int:
@@ -250,3 +248,20 @@ class Queues(Wake):
         while removed := int(self._script().purge(keys, [base, PURGE_BATCH])):
             total += removed
         return total
+
+
+def _claimed(queues: list[str], reply: list[Any]) -> tuple[list[Delivery], float | None]:
+    """The deliveries of a claim script's reply, and the seconds until a timer falls due."""
+    wait_ms = int(reply[0])
+    deliveries = [
+        Delivery(
+            queue=queues[int(reply[i]) - 1],
+            body=reply[i + 2],
+            message_id=message_id(queues[int(reply[i]) - 1], reply[i + 1]),
+            lease=reply[i + 5].decode(),
+            deliveries=int(reply[i + 4]),
+            priority=int(reply[i + 3]),
+        )
+        for i in range(1, len(reply), 6)
+    ]
+    return deliveries, (None if wait_ms < 0 else wait_ms / 1000)

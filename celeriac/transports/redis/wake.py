@@ -14,27 +14,34 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from celeriac.transports.redis.connection import RedisBase
+
+#: A script call: the script, its keys and its arguments.
+Call = tuple[Script, list[str], list[Any]]
 
 
 class Wake(RedisBase):
     """``P{q}:wake`` holds at most one token, pushed when work may be ready on ``q``."""
 
-    def _block(self, queues: list[str], seconds: float) -> None:
+    def _block(self, queues: list[str], seconds: float, then: Call | None = None) -> Any:
         """Wait up to ``seconds`` for a token on the wake list of one of ``queues``.
+
+        ``then``, a script call sent with the wait on its connection, runs on the server the
+        moment the wait ends, a round trip sooner than a call made after it: its reply is
+        returned, or ``None`` if it did not run (queues in several slots, or an error).
 
         Queues in several cluster slots are waited on at once, a thread per slot: the first
         token ends the others' waits.
         """
         if seconds < 0.001:
-            return
+            return None
         wake_keys = [self._base(queue) + "wake" for queue in queues]
         groups = [[wake_keys[i] for i in group] for group in self._slot_groups(queues)]
         if len(groups) == 1:
-            self._block_slot(groups[0], seconds, _Waits(1))
-            return
+            return self._block_slot(groups[0], seconds, _Waits(1), then)
         waits = _Waits(len(groups))
         threads = [
             threading.Thread(target=self._block_quietly, args=(keys, seconds, waits), daemon=True)
@@ -48,6 +55,7 @@ class Wake(RedisBase):
             waits.unblock_all()
             for thread in threads:
                 thread.join(0.005)
+        return None
 
     def _block_quietly(self, wake_keys: list[str], seconds: float, waits: _Waits) -> None:
         """``_block_slot`` in a thread of its own: the next claim reports any error."""
@@ -56,21 +64,28 @@ class Wake(RedisBase):
         except (RedisError, RedisClusterException):
             waits.woken.set()
 
-    def _block_slot(self, wake_keys: list[str], seconds: float, waits: _Waits) -> None:
-        """BLPOP on the wake lists of one slot, on the node that serves it."""
+    def _block_slot(
+        self, wake_keys: list[str], seconds: float, waits: _Waits, then: Call | None = None
+    ) -> Any:
+        """BLPOP on the wake lists of one slot, on the node that serves it; ``then``'s reply."""
         node = self._node(wake_keys[0])
         try:
             with self._borrowed(wake_keys[0]) as conn:
                 conn.send_command("CLIENT", "ID")
                 conn.send_command("BLPOP", *wake_keys, f"{seconds:.3f}", check_health=False)
+                if then is not None:
+                    script, keys, args = then
+                    conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 client_id = _allowed(conn.read_response)
                 waits.blocked(node, client_id)
                 if not conn.can_read(timeout=seconds) and client_id is not None:
                     _allowed(functools.partial(node.client_unblock, client_id))
                 conn.read_response()
                 waits.done(node, client_id)
+                # NOSCRIPT (a server that restarted) leaves the call to be made the usual way.
+                return None if then is None else _allowed(conn.read_response)
         except redis.exceptions.ConnectionError:
-            pass  # the next claim reconnects, with retries, or reports the error
+            return None  # the next claim reconnects, with retries, or reports the error
         finally:
             waits.woken.set()
 

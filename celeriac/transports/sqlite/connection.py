@@ -22,7 +22,7 @@ from typing import Any
 from celeriac.errors import TransportError
 from celeriac.transports import sqlite_limits as limits
 from celeriac.transports.base import Transport
-from celeriac.transports.sqlite.schema import SCHEMA
+from celeriac.transports.sqlite.schema import SCHEMA, TEMP_SCHEMA
 
 # Inherited connections are kept, never closed: closing a handle that crossed a fork() can
 # disturb the parent's locks and WAL files (see https://www.sqlite.org/howtocorrupt.html).
@@ -138,6 +138,8 @@ class SQLiteBase(Transport):
             for statement in (*SCHEMA, *limits.SCHEMA):
                 conn.execute(statement)
             conn.execute("COMMIT")
+            for statement in TEMP_SCHEMA:
+                conn.execute(statement)
         except sqlite3.Error as exc:
             conn.close()
             raise TransportError(f"cannot prepare SQLite broker {self.path}: {exc}") from exc
@@ -189,17 +191,37 @@ class SQLiteBase(Transport):
             except sqlite3.Error as exc:
                 raise TransportError(f"SQLite broker {self.path}: {exc}") from exc
 
-    def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
+    def _write_one(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        """Run one statement as a transaction of its own; the cursor.
+
+        SQLite takes the write lock, writes and commits inside the one call that runs the
+        statement, and this thread lets go of the GIL for that call. A transaction of
+        several statements holds the lock while Python runs between them: if another
+        thread of this process then keeps the GIL (a task in C code, for seconds), no other
+        process can write, the lease helper's renewals included. The paths a worker runs
+        while its tasks run (fetch, complete, acknowledge, publish, store) therefore write
+        one statement at a time; a statement must not return rows (``RETURNING`` keeps the
+        transaction open until Python has read them all).
+        """
+        with self._guard():
+            try:
+                cursor = self._connection().execute(sql, params)
+            except sqlite3.Error as exc:
+                raise TransportError(f"SQLite broker {self.path}: {exc}") from exc
+            self._commits += 1
+            return cursor
+
+    def _sweep(self, now: float) -> None:
         """Now and then, drop expired keys and topic rows past their count or age."""
         if now - self._swept < self.sweep_interval:
             return
         self._swept = now
-        conn.execute("DELETE FROM keys WHERE expires <= ?", (now,))
-        conn.execute(
+        self._write_one("DELETE FROM keys WHERE expires <= ?", (now,))
+        self._write_one(
             "DELETE FROM topics WHERE id <= (SELECT max(id) FROM topics) - ?", (self.topic_keep,)
         )
         # Rows are in creation order, so everything before the first young row is old.
-        conn.execute(
+        self._write_one(
             "DELETE FROM topics WHERE id < coalesce("
             " (SELECT id FROM topics WHERE created >= ? ORDER BY id LIMIT 1),"
             " (SELECT max(id) + 1 FROM topics))",

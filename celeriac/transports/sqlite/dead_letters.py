@@ -8,12 +8,7 @@ from typing import Any
 
 from celeriac.transports.base import DeadLetter, Delivery, Detail, check_detail
 from celeriac.transports.sqlite.connection import SQLiteBase
-from celeriac.transports.sqlite.schema import ACK, HISTORY_ADD, event_json, held_row
-
-_BURY_HELD = f"""
-    INSERT INTO dead_letters (id, queue, body, priority, reason, deliveries, dead_at, history)
-    SELECT id, queue, body, priority, :reason, deliveries, :now, {HISTORY_ADD}
-    FROM messages WHERE id = :id AND lease = :lease"""
+from celeriac.transports.sqlite.schema import HISTORY_ADD, event_json, held_row
 
 
 class DeadLetters(SQLiteBase):
@@ -36,17 +31,16 @@ class DeadLetters(SQLiteBase):
         detail_json: str | None = None,
     ) -> bool:
         """Move a leased message to the dead-letter queue if the lease still holds."""
-        params = {
-            **held,
-            "reason": reason,
-            "now": time.time(),
-            "event": event_json(event, reason, deliveries, detail_json),
-        }
-        with self._writing() as conn:
-            if conn.execute(_BURY_HELD, params).rowcount != 1:
-                return False
-            conn.execute(ACK, params)
-            return True
+        entry = event_json(event, reason, deliveries, detail_json)
+        row = (held["id"], held["lease"], reason, time.time(), entry)
+        # One statement (see ``_write_one``): the trigger of ``burials`` moves the message if
+        # the lease holds, and leaves the row behind if not.
+        self._write_one("INSERT INTO burials VALUES (?, ?, ?, ?, ?)", row)
+        with self._reading() as conn:
+            refused = conn.execute("SELECT count(*) FROM burials").fetchone()[0]
+            if refused:
+                conn.execute("DELETE FROM burials")
+        return not refused
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""

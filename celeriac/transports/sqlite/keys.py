@@ -15,10 +15,9 @@ class Keys(SQLiteBase):
     def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``, expiring after ``ttl`` seconds if given."""
         check_key(key, value, ttl)
-        with self._writing() as conn:
-            now = time.time()
-            conn.execute(PUT, (key, value, None if ttl is None else now + ttl))
-            self._sweep(conn, now)
+        now = time.time()
+        self._write_one(PUT, (key, value, None if ttl is None else now + ttl))
+        self._sweep(now)
 
     def get(self, key: str) -> bytes | None:
         """The value under ``key``, or ``None``."""
@@ -50,12 +49,14 @@ class Keys(SQLiteBase):
 
     def delete(self, key: str) -> None:
         """Remove ``key`` if present."""
-        with self._writing() as conn:
-            conn.execute("DELETE FROM keys WHERE key = ?", (key,))
+        self._write_one("DELETE FROM keys WHERE key = ?", (key,))
 
     def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         """Add ``amount`` to the integer under ``key`` (0 if absent); return the new value."""
         check_key(key, b"", ttl)
+        # A read and a write in one transaction: the new value must be the one this call
+        # made (a chord's counter), and a statement that returns rows keeps its transaction
+        # open while Python reads them anyway.
         with self._writing() as conn:
             now = time.time()
             row = conn.execute(
@@ -75,5 +76,5 @@ class Keys(SQLiteBase):
                 "INSERT OR REPLACE INTO keys (key, value, expires) VALUES (?, ?, ?)",
                 (key, str(value).encode(), expires),
             )
-            self._sweep(conn, now)
+        self._sweep(now)
         return value

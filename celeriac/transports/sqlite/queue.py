@@ -12,9 +12,10 @@ query touches only the rows it needs, even with 100k messages queued:
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from celeriac.transports.base import (
@@ -31,17 +32,32 @@ from celeriac.transports.base import (
     check_messages,
 )
 from celeriac.transports.sqlite.dead_letters import DeadLetters
-from celeriac.transports.sqlite.schema import ACK, HISTORY_ADD, PUT, event_json, held_row
+from celeriac.transports.sqlite.schema import HISTORY_ADD, PUT, event_json, held_row
 
 _EXPIRED_EVENT = (
     "json_insert(coalesce(history, '[]'), '$[#]',"
     " json_object('at', :now, 'event', 'lease_expired', 'deliveries', deliveries))"
 )
-_BURY_EXPIRED = f"""
-    INSERT INTO dead_letters (id, queue, body, priority, reason, deliveries, dead_at, history)
-    SELECT id, queue, body, priority, 'lease_expired', deliveries, :now, {_EXPIRED_EVENT}
-    FROM messages WHERE state = 'leased' AND lease_until <= :now AND deliveries >= :max"""
+_BURY_EXPIRED = """
+    WITH expired AS MATERIALIZED (
+        SELECT id, lease, deliveries FROM messages
+        WHERE state = 'leased' AND lease_until <= :now AND deliveries >= :max)
+    INSERT INTO burials (message, lease, reason, dead_at, event)
+    SELECT id, lease, 'lease_expired', :now,
+        json_object('at', :now, 'event', 'lease_expired', 'deliveries', deliveries)
+    FROM expired"""
+_FREE_EXPIRED = f"""
+    UPDATE messages SET state = 'ready', lease = NULL, lease_until = NULL,
+        history = {_EXPIRED_EVENT}
+    WHERE state = 'leased' AND lease_until <= :now"""
+#: What a claim leased, read after its commit: its expiry, and leases made of its token
+#: and the message id (each delivery's lease is its own: holders keep them in sets).
+_CLAIMED = """
+    SELECT id, queue, body, priority, deliveries, lease FROM messages
+    WHERE state = 'leased' AND lease_until = ? AND lease = ? || id"""
 _EXTEND = "UPDATE messages SET lease_until = :until WHERE id = :id AND lease = :lease"
+#: Rows one statement writes: far below SQLite's limit of 32,766 parameters.
+_ROWS_PER_STATEMENT = 2_000
 _READY_ONE_QUEUE = """SELECT * FROM (
     SELECT id, priority FROM messages WHERE state = 'ready' AND queue = ?
     ORDER BY priority DESC, id LIMIT ?)"""
@@ -57,10 +73,8 @@ def _claim_sql(queue_count: int) -> str:
     per_queue = " UNION ALL ".join([_READY_ONE_QUEUE] * queue_count)
     return f"""
         UPDATE messages
-        SET state = 'leased', lease = lower(hex(randomblob(16))), lease_until = ?,
-            deliveries = deliveries + 1
-        WHERE id IN (SELECT id FROM ({per_queue}) ORDER BY priority DESC, id LIMIT ?)
-        RETURNING id, queue, body, priority, deliveries, lease"""
+        SET state = 'leased', lease = ? || id, lease_until = ?, deliveries = deliveries + 1
+        WHERE id IN (SELECT id FROM ({per_queue}) ORDER BY priority DESC, id LIMIT ?)"""
 
 
 @functools.lru_cache(maxsize=32)
@@ -84,8 +98,19 @@ class Queues(DeadLetters):
         batch = check_messages(items)
         if not batch:
             return []
-        with self._writing() as conn:
-            return _insert(conn, batch, time.time())
+        if len(batch) > _ROWS_PER_STATEMENT:
+            with self._writing() as conn:
+                return _insert(conn, batch, time.time())
+        now = time.time()
+        rows = [_row(message, now) for message in batch]
+        marks = ", ".join(["(?, ?, ?, ?, ?)"] * len(rows))
+        last = self._write_one(
+            f"INSERT INTO messages (queue, body, priority, due, state) VALUES {marks}",
+            [v for row in rows for v in row],
+        ).lastrowid
+        # AUTOINCREMENT gives the rows of one statement consecutive ids.
+        assert last is not None
+        return [str(id_) for id_ in range(last - len(rows) + 1, last + 1)]
 
     def publish_once(
         self,
@@ -129,43 +154,44 @@ class Queues(DeadLetters):
     def _claim(
         self, queues: list[str], limit: int, lease: float
     ) -> tuple[list[Delivery], float | None, tuple[int, int]]:
-        """One fetch attempt: deliveries, when to try again, and the database version seen."""
-        with self._writing() as conn:
-            now = time.time()
-            if now - self._reclaimed >= self.reclaim_interval:
-                self._reclaim(conn, now)
-                self._reclaimed = now
-            conn.execute(
-                "UPDATE messages SET state = 'ready' WHERE state = 'delayed' AND due <= ?", (now,)
-            )
-            params: list[Any] = [now + lease]
-            for queue in queues:
-                params += [queue, limit]
-            rows = conn.execute(_claim_sql(len(queues)), [*params, limit]).fetchall()
+        """One fetch attempt: deliveries, when to try again, and the database version seen.
+
+        Every write is a statement of its own (see ``_write_one``): the claim gives the
+        messages it leases one new expiry and a new token in their leases, and a read after
+        its commit finds them. No one else can touch them in between: only the holder of a
+        lease can, and these have just begun.
+        """
+        now = time.time()
+        with self._reading() as conn:
+            # Read before the claim, so that a commit made meanwhile shows as a change.
+            seen = conn.execute("PRAGMA data_version").fetchone()[0]
+        if now - self._reclaimed >= self.reclaim_interval:
+            self._reclaim(now)
+            self._reclaimed = now
+        self._write_one(
+            "UPDATE messages SET state = 'ready' WHERE state = 'delayed' AND due <= ?", (now,)
+        )
+        token, until = os.urandom(16).hex(), now + lease
+        params: list[Any] = [token, until]
+        for queue in queues:
+            params += [queue, limit]
+        claimed = self._write_one(_claim_sql(len(queues)), [*params, limit]).rowcount
+        with self._reading() as conn:
+            rows = conn.execute(_CLAIMED, (until, token)).fetchall() if claimed else []
             wake_at = None if rows else self._next_timer(conn)
-            # Read inside the write lock: no commit can slip between the claim and this.
-            version = (conn.execute("PRAGMA data_version").fetchone()[0], self._commits + 1)
         rows.sort(key=lambda row: (-row[3], row[0]))
         deliveries = [
             Delivery(queue=q, body=b, message_id=str(i), lease=lz, deliveries=n, priority=p)
             for i, q, b, p, n, lz in rows
         ]
-        return deliveries, wake_at, version
+        return deliveries, wake_at, (seen, self._commits)
 
-    def _reclaim(self, conn: sqlite3.Connection, now: float) -> None:
+    def _reclaim(self, now: float) -> None:
         """Take back expired leases: dead-letter those out of deliveries, free the rest."""
         params = {"now": now, "max": self.max_deliveries}
-        conn.execute(_BURY_EXPIRED, params)
-        conn.execute(
-            "DELETE FROM messages WHERE state = 'leased' AND lease_until <= :now"
-            " AND deliveries >= :max",
-            params,
-        )
-        conn.execute(
-            f"UPDATE messages SET state = 'ready', lease = NULL, lease_until = NULL,"
-            f" history = {_EXPIRED_EVENT} WHERE state = 'leased' AND lease_until <= :now",
-            params,
-        )
+        # The trigger buries every row: the statement read their leases itself.
+        self._write_one(_BURY_EXPIRED, params)
+        self._write_one(_FREE_EXPIRED, params)
 
     def _next_timer(self, conn: sqlite3.Connection) -> float | None:
         """When a delayed message falls due or an expired lease can next be taken back."""
@@ -206,32 +232,41 @@ class Queues(DeadLetters):
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Acknowledge several deliveries in one transaction."""
-        if not deliveries:
-            return []
-        done: list[bool] = []
-        with self._writing() as conn:
-            for delivery in deliveries:
-                held = held_row(delivery)
-                done.append(held is not None and conn.execute(ACK, held).rowcount == 1)
-        return done
+        return self.complete([(delivery, None) for delivery in deliveries])
 
     def complete(self, items: Sequence[tuple[Delivery, KeyWrite | None]]) -> list[bool]:
-        """Acknowledge and store results in one transaction; a lost lease stores nothing."""
+        """Acknowledge and store results, each item at once; a lost lease stores nothing.
+
+        One INSERT into this connection's ``completions`` table does it all (its trigger
+        ends each delivery whose lease holds); the rows left behind are the refused items.
+        """
         if not items:
             return []
-        done: list[bool] = []
-        with self._writing() as conn:
-            now = time.time()
-            for delivery, write in items:
-                held = held_row(delivery)
-                ok = held is not None and conn.execute(ACK, held).rowcount == 1
-                if ok and write is not None:
-                    key, value, ttl = write
-                    check_key(key, value, ttl)
-                    conn.execute(PUT, (key, value, None if ttl is None else now + ttl))
-                done.append(ok)
-            self._sweep(conn, now)
-        return done
+        now = time.time()
+        rows: list[tuple[Any, ...]] = []
+        for item, (delivery, write) in enumerate(items):
+            held = held_row(delivery)
+            if held is None:
+                continue
+            key = value = expires = None
+            if write is not None:
+                key, value, ttl = write
+                check_key(key, value, ttl)
+                expires = None if ttl is None else now + ttl
+            rows.append((item, held["id"], held["lease"], key, value, expires))
+        refused = set(range(len(items))) - {row[0] for row in rows}
+        for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
+            marks = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+            self._write_one(
+                f"INSERT INTO completions VALUES {marks}", [v for row in chunk for v in row]
+            )
+        with self._reading() as conn:
+            left = conn.execute("SELECT item FROM completions").fetchall()
+            if left:
+                conn.execute("DELETE FROM completions")
+        refused.update(item for (item,) in left)
+        self._sweep(now)
+        return [item not in refused for item in range(len(items))]
 
     def release(
         self, delivery: Delivery, reason: str | None = None, detail: Detail | None = None
@@ -254,8 +289,7 @@ class Queues(DeadLetters):
                 "UPDATE messages SET state = 'ready', lease = NULL, lease_until = NULL,"
                 f" history = {HISTORY_ADD} WHERE id = :id AND lease = :lease"
             )
-        with self._writing() as conn:
-            return conn.execute(sql, held).rowcount == 1
+        return self._write_one(sql, held).rowcount == 1
 
     def retry(self, delivery: Delivery, due: float | None, body: bytes | None = None) -> bool:
         """Put a delivered message back at ``due``, with a new body if given."""
@@ -268,16 +302,12 @@ class Queues(DeadLetters):
         now = time.time()
         when = now if due is None else due
         held.update(due=when, body=body, state="ready" if when <= now else "delayed")
-        with self._writing() as conn:
-            return (
-                conn.execute(
-                    "UPDATE messages SET state = :state, due = :due,"
-                    " body = coalesce(:body, body), deliveries = 0, lease = NULL,"
-                    " lease_until = NULL WHERE id = :id AND lease = :lease",
-                    held,
-                ).rowcount
-                == 1
-            )
+        moved = self._write_one(
+            "UPDATE messages SET state = :state, due = :due, body = coalesce(:body, body),"
+            " deliveries = 0, lease = NULL, lease_until = NULL WHERE id = :id AND lease = :lease",
+            held,
+        ).rowcount
+        return moved == 1
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[Delivery]:
         """Renew leases for ``lease`` seconds from now; return those still held."""
@@ -320,11 +350,25 @@ def _insert(
 ) -> list[str]:
     """Insert checked messages (in the caller's transaction); their ids."""
     ids: list[str] = []
-    for queue, body, due, priority in batch:
-        when = now if due is None else due
+    for message in batch:
         cursor = conn.execute(
             "INSERT INTO messages (queue, body, priority, due, state) VALUES (?, ?, ?, ?, ?)",
-            (queue, body, priority, when, "ready" if when <= now else "delayed"),
+            _row(message, now),
         )
         ids.append(str(cursor.lastrowid))
     return ids
+
+
+def _row(
+    message: tuple[str, bytes, float | None, int], now: float
+) -> tuple[str, bytes, int, float, str]:
+    """The column values of a checked message: queue, body, priority, due and state."""
+    queue, body, due, priority = message
+    when = now if due is None else due
+    return queue, body, priority, when, "ready" if when <= now else "delayed"
+
+
+def _chunks(rows: list[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    """``rows`` in lists of at most ``size``."""
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]

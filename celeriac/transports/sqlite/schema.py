@@ -55,6 +55,40 @@ SCHEMA = (
     )""",
 )
 
+# Each connection's own tables, through which one INSERT ends many deliveries: the trigger
+# of each row acknowledges (and stores a result) or buries the message if its lease still
+# holds, and deletes the row; a row left behind names an item refused for a lost lease. One
+# statement is one transaction that takes and lets go of the write lock inside one call into
+# SQLite, with no Python code run in between (see ``SQLiteBase._write_one``).
+TEMP_SCHEMA = (
+    """CREATE TEMP TABLE IF NOT EXISTS completions (
+        item INTEGER, message INTEGER, lease TEXT, key TEXT, value BLOB, expires REAL
+    )""",
+    """CREATE TEMP TRIGGER IF NOT EXISTS completions_apply AFTER INSERT ON completions
+    WHEN EXISTS (SELECT 1 FROM messages WHERE id = NEW.message AND lease = NEW.lease)
+    BEGIN
+        DELETE FROM messages WHERE id = NEW.message;
+        INSERT INTO keys (key, value, expires)
+            SELECT NEW.key, NEW.value, NEW.expires WHERE NEW.key IS NOT NULL
+            ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires;
+        DELETE FROM completions WHERE rowid = NEW.rowid;
+    END""",
+    """CREATE TEMP TABLE IF NOT EXISTS burials (
+        message INTEGER, lease TEXT, reason TEXT, dead_at REAL, event TEXT
+    )""",
+    """CREATE TEMP TRIGGER IF NOT EXISTS burials_apply AFTER INSERT ON burials
+    WHEN EXISTS (SELECT 1 FROM messages WHERE id = NEW.message AND lease = NEW.lease)
+    BEGIN
+        INSERT INTO dead_letters
+            (id, queue, body, priority, reason, deliveries, dead_at, history)
+            SELECT id, queue, body, priority, NEW.reason, deliveries, NEW.dead_at,
+                json_insert(coalesce(history, '[]'), '$[#]', json(NEW.event))
+            FROM messages WHERE id = NEW.message;
+        DELETE FROM messages WHERE id = NEW.message;
+        DELETE FROM burials WHERE rowid = NEW.rowid;
+    END""",
+)
+
 HISTORY_ADD = "json_insert(coalesce(history, '[]'), '$[#]', json(:event))"
 PUT = (
     "INSERT INTO keys (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key)"

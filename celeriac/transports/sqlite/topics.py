@@ -15,12 +15,11 @@ class Topics(SQLiteBase):
     def broadcast(self, topic: str, body: bytes) -> None:
         """Append ``body`` to ``topic`` for every current listener."""
         check_topic(topic, body)
-        with self._writing() as conn:
-            now = time.time()
-            conn.execute(
-                "INSERT INTO topics (topic, body, created) VALUES (?, ?, ?)", (topic, body, now)
-            )
-            self._sweep(conn, now)
+        now = time.time()
+        self._write_one(
+            "INSERT INTO topics (topic, body, created) VALUES (?, ?, ?)", (topic, body, now)
+        )
+        self._sweep(now)
 
     def listen(self, topics: Sequence[str]) -> Subscription:
         """Subscribe to ``topics`` from now on."""
