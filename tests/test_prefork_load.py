@@ -1,6 +1,7 @@
 """A busy prefork worker on a real Redis: its fetcher takes the backlog in batches and its
 collector finishes jobs itself (``celeriac.worker.consumer``), within the prefetch bound, with
-every child kept busy, and with a hard time limit and a revocation still honoured meanwhile.
+every child kept busy, and with a hard time limit and a revocation still honoured meanwhile;
+and a child's result is written soon after its task ends, whatever the child runs next.
 """
 
 from __future__ import annotations
@@ -78,3 +79,18 @@ def test_a_hard_time_limit_and_a_revocation_are_honoured_in_a_busy_worker(
             time.sleep(0.05)
         assert result.state == state
     worker.wait_for_log("Hard time limit (1.0s) exceeded")
+
+
+def test_a_result_is_written_without_waiting_for_a_slow_job_of_its_batch(
+    producer: Celeriac, redis_server: RedisServer, start_worker_process: StartWorker
+) -> None:
+    quick = producer.send_task(f"{MODULE}.nap", (1, 0.0))
+    slow = producer.send_task(f"{MODULE}.nap", (2, 3.0))
+    # One child fetches both in one batch; the slow one starts as soon as the quick one ends.
+    start_worker_process(MODULE, "-P", "prefork", "-c", "1", "--prefetch-multiplier", "4")
+
+    assert quick.get(timeout=1.5)[0] == 1  # well before the slow one ends
+    assert not slow.ready()
+    with redis.Redis.from_url(redis_server.url) as client:
+        assert client.zcard(LEASED) == 1  # the quick one's delivery is acknowledged too
+    assert slow.get(timeout=30)[0] == 2

@@ -3,9 +3,10 @@ supervises it.
 
 One thread does the work, as the bare broker loop does: when nothing waits, fetch up to its
 prefetch budget (its one slot's share, ``worker_prefetch_multiplier``); validate; run the jobs
-one at a time; store and acknowledge them in one batch. It fetches only when free, so a long
-task holds hostage only what came in the same batch, and the parent has that given back when
-a sibling is idle.
+one at a time; store and acknowledge them in batches, each within a few milliseconds of its
+job's end (``celeriac.worker.child_writer``). It fetches only when free, so a long task holds
+hostage only the jobs not started of its batch, and the parent has those given back when a
+sibling is idle.
 
 The child is a ``Consumer`` with three more differences:
 
@@ -37,6 +38,7 @@ from celeriac import signals, states
 from celeriac.events import EventSender, use_sender
 from celeriac.limits import parse_rate
 from celeriac.worker.child_link import ChildLeases, ChildLink
+from celeriac.worker.child_writer import WRITE_AFTER, Unwritten
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.control import RevokedSet, read_revoked, revoked_job
 from celeriac.worker.execute import JobDone
@@ -55,8 +57,6 @@ RUNNING, DEADLINE, STARTED, PROCESSED = range(4)
 SLOT_SIZE = 4
 IDLE = -1.0
 Slot = Any  # a multiprocessing RawArray of SLOT_SIZE doubles
-#: Seconds a finished job's result waits for the rest of its batch before it is written.
-WRITE_AFTER = 0.005
 
 
 class ChildPool(Pool):
@@ -118,6 +118,9 @@ class ChildConsumer(Consumer):
     """A consumer in a prefork child (see the module docstring)."""
 
     pool: ChildPool
+    #: written by the main thread or the result writer (``Unwritten``), once they return: the
+    #: results before a job with follow-ups are stored before it starts
+    write_inline = True
 
     def __init__(
         self, app: Celeriac, pool: ChildPool, events: queue.SimpleQueue[Event],
@@ -128,6 +131,7 @@ class ChildConsumer(Consumer):
         self.leases = ChildLeases(app, self.lease, self, self.link)
         self.revoked = RevokedSet()
         self.sender: EventSender | None = None
+        self.unwritten = Unwritten(self.handle_now)
         pool.number_of = self._number_of
         pool.on_start = self._job_started
         pool.on_events = self.handle_now
@@ -141,30 +145,28 @@ class ChildConsumer(Consumer):
             self.task_events = TaskEvents(self.sender)
         self.leases.start()
         self.finisher.start()
+        self.unwritten.start()
 
     def run(self) -> None:
         """One thread, as the bare broker loop: fetch when nothing waits, run what came, store
-        and acknowledge it in one batch; until stopped (or retired)."""
-        finished: list[Event] = []
-        since = 0.0  # when the oldest finished job not yet handled ended
+        and acknowledge it in batches (``celeriac.worker.child_writer``); until stopped (or
+        retired)."""
         while not self.stopping.is_set():
             self.last_loop = time.monotonic()
             job = self.pool.next()
             if job is None:
+                self.unwritten.write()  # nothing more to run: write the batch now
                 self._fetch_when_free()
                 continue
+            age = self.unwritten.age()
+            if age is not None and (age > WRITE_AFTER or _has_follow_ups(job)):
+                self.unwritten.write()
             done = self.pool.run(job)
-            since = since or time.monotonic()
-            finished += [("done", done)] if done is not None else _drain(self.events)
-            retiring = should_retire(self.app, int(self.pool.slot[PROCESSED]))
-            # Written with the batch, or once the oldest result has waited WRITE_AFTER (it may
-            # still wait for one slow job of its batch).
-            if retiring or not self.pool.backlog() or time.monotonic() - since > WRITE_AFTER:
-                self.handle_now(finished)
-                finished, since = [], 0.0
-            if retiring:
+            self.unwritten.add([("done", done)] if done is not None else _drain(self.events))
+            if should_retire(self.app, int(self.pool.slot[PROCESSED])):
+                self.unwritten.write()
                 self.give_back()
-        self.handle_now(finished)
+        self.unwritten.write()
         self.give_back()
 
     def _fetch_when_free(self) -> None:
@@ -184,6 +186,7 @@ class ChildConsumer(Consumer):
 
     def close(self) -> None:
         """Write the last results, then tell the parent that nothing is held any more."""
+        self.unwritten.close()
         self.finisher.stop()
         self.leases.update(())
         self.leases.close()
@@ -238,6 +241,17 @@ class ChildConsumer(Consumer):
         if self.task_events is not None:
             self.task_events.started(message)
         return None
+
+
+def _has_follow_ups(job: Job) -> bool:
+    """Whether the job sends work of its own when it ends (callbacks, chain, chord).
+
+    The endings before it are written first: its follow-ups cost broker calls of their own,
+    so one more costs little, and if the process dies in them (a chord part found the chord
+    complete and sends its body) only that job runs again, not the batch finished before it.
+    """
+    message = job.message
+    return bool(message.callbacks or message.errbacks or message.chain or message.chord)
 
 
 def _drain(events: queue.SimpleQueue[Event]) -> list[Event]:

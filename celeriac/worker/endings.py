@@ -59,6 +59,8 @@ class Endings:
     revoked: RevokedSet
     metrics: WorkerMetrics | None
     task_events: TaskEvents | None
+    #: write results in the thread that finishes the jobs, never in the finisher's thread
+    write_inline: bool = False
     _held: int
     _held_lock: threading.Lock
     _room: threading.Event
@@ -139,7 +141,7 @@ class Endings:
             else:
                 to_complete.append((item.delivery, write))
         if to_complete:
-            self.finisher.submit(to_complete, now=not self.inflight)
+            self.finisher.submit(to_complete, now=self.write_inline or not self.inflight)
         self.processed += len(batch)
         # Prefetch bounds work not yet done: a finished job frees its slot at once, while
         # the finisher writes its result, so fetching overlaps with writing.

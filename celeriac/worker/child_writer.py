@@ -1,0 +1,82 @@
+"""When a consuming prefork child (``celeriac.worker.child``) writes the endings of its jobs.
+
+The child runs jobs one after another and writes their results and acknowledgements several
+at a time, one broker call for the lot: on a backlog of short tasks that is most of its speed.
+A written ending must not wait for long, though: ``AsyncResult.get()`` waits for it, and the
+finished task's lease is held until it is acknowledged. So the endings wait (``Unwritten``):
+
+- until the child has nothing more to run, or the oldest has waited ``WRITE_AFTER`` when the
+  next job starts (the main thread writes them then);
+- at most ``WRITE_WITHIN`` while a job runs: this module's thread writes them, so that a result
+  never waits for a slow job that happened to come in the same batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from celeriac.worker.pools import Event
+
+#: Seconds the oldest unwritten ending may wait when the next job starts.
+WRITE_AFTER = 0.005
+#: Seconds the oldest unwritten ending may wait while a job runs (the writer thread's bound).
+WRITE_WITHIN = 0.02
+
+
+class Unwritten:
+    """Endings of finished jobs not written yet, and the thread that bounds their wait."""
+
+    def __init__(self, write: Callable[[list[Event]], None]) -> None:
+        """``write`` handles a list of endings (the consumer's ``handle_now``)."""
+        self._write = write
+        self._events: list[Event] = []
+        self._since = 0.0  # when the oldest of them was added
+        self._lock = threading.Lock()
+        self._added = threading.Event()  # set when endings arrive while none waited
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="result-writer", daemon=True)
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread.start()
+
+    def add(self, events: list[Event]) -> None:
+        """Keep ``events`` for the next write."""
+        with self._lock:
+            if not self._events:
+                self._since = time.monotonic()
+                self._added.set()
+            self._events += events
+
+    def age(self) -> float | None:
+        """Seconds the oldest unwritten ending has waited (None: none waits)."""
+        with self._lock:
+            return time.monotonic() - self._since if self._events else None
+
+    def write(self) -> None:
+        """Write every ending that waits, in the calling thread."""
+        with self._lock:
+            events, self._events = self._events, []
+        if events:
+            self._write(events)
+
+    def close(self) -> None:
+        """Write what waits and stop the thread."""
+        self._closed = True
+        self._added.set()
+        self._thread.join(2.0)
+        self.write()
+
+    def _loop(self) -> None:
+        while True:
+            self._added.wait()
+            self._added.clear()
+            if self._closed:
+                return
+            while (age := self.age()) is not None:
+                if age >= WRITE_WITHIN:
+                    self.write()
+                else:
+                    time.sleep(WRITE_WITHIN - age)
