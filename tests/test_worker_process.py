@@ -295,6 +295,31 @@ def test_sigterm_lets_running_tasks_finish_and_loses_nothing(
     assert producer.broker.size(QUEUE) == 0
 
 
+def test_sigterm_gives_back_at_once_what_a_child_fetched_and_had_not_started(
+    producer: Celeriac, start_worker_process: StartWorker, tmp_path: Path
+) -> None:
+    runs, marker = tmp_path / "runs.txt", tmp_path / "started"
+    long = send(producer, "sleep_marked", 2, str(marker), str(runs))
+    quick = [send(producer, "add", i, 1) for i in range(3)]
+    # Queued before the worker starts: its one child takes all four in one batch.
+    first = start_worker_process(MODULE, "-P", "prefork", "-c", "1", "--prefetch-multiplier", "4")
+    wait_until(marker.exists, 20, "the long task to start")
+    log = first.log()
+    assert all(f"Received task: {MODULE}.add[{r.id}]" in log for r in quick)  # held, waiting
+
+    first.terminate()
+    first.wait_for_log("Handed back 3 prefetched task(s)")
+    assert not long.ready()  # handed back at once, while the long task still runs
+    assert first.wait(timeout=30) == 0
+    assert long.get(timeout=1) == 2
+    assert all(r.state == states.PENDING for r in quick)
+    assert producer.broker.dead_letters() == []
+
+    start_worker_process(MODULE, "-P", "threads", "-c", "2")
+    assert get_all(quick) == [1, 2, 3]
+    assert len(runs.read_text().splitlines()) == 1
+
+
 def test_a_second_sigterm_stops_at_once_and_the_running_task_goes_back(
     producer: Celeriac, start_worker_process: StartWorker, tmp_path: Path
 ) -> None:
