@@ -2,11 +2,11 @@
 
 The child runs jobs one after another and writes their results and acknowledgements several
 at a time, one broker call for the lot: on a backlog of short tasks that is most of its speed.
-A written ending must not wait for long, though: ``AsyncResult.get()`` waits for it, and the
+An ending must not wait long to be written, though: ``AsyncResult.get()`` waits for it, and the
 finished task's lease is held until it is acknowledged. So the endings wait (``Unwritten``):
 
 - until the child has nothing more to run, or the oldest has waited ``WRITE_AFTER`` when the
-  next job starts (the main thread writes them then);
+  next job starts, or the next job has follow-ups (the main thread writes them then);
 - at most ``WRITE_WITHIN`` while a job runs: this module's thread writes them, so that a result
   never waits for a slow job that happened to come in the same batch.
 """
@@ -34,7 +34,8 @@ class Unwritten:
         self._events: list[Event] = []
         self._since = 0.0  # when the oldest of them was added
         self._lock = threading.Lock()
-        self._added = threading.Event()  # set when endings arrive while none waited
+        self._added = threading.Event()  # wakes the parked thread when endings arrive
+        self._parked = False
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="result-writer", daemon=True)
 
@@ -47,8 +48,10 @@ class Unwritten:
         with self._lock:
             if not self._events:
                 self._since = time.monotonic()
-                self._added.set()
             self._events += events
+            wake, self._parked = self._parked, False
+        if wake:
+            self._added.set()
 
     def age(self) -> float | None:
         """Seconds the oldest unwritten ending has waited (None: none waits)."""
@@ -70,13 +73,19 @@ class Unwritten:
         self.write()
 
     def _loop(self) -> None:
-        while True:
-            self._added.wait()
-            self._added.clear()
-            if self._closed:
-                return
-            while (age := self.age()) is not None:
-                if age >= WRITE_WITHIN:
-                    self.write()
-                else:
-                    time.sleep(WRITE_WITHIN - age)
+        """Sleep until the oldest ending is due, and write it if it still waits then; park
+        while none waits. It wakes about twice per ``WRITE_WITHIN`` at most, however short the
+        jobs: a wakeup per batch of short jobs would cost a backlog more than the writes."""
+        while not self._closed:
+            with self._lock:
+                due = self._since + WRITE_WITHIN if self._events else None
+                if due is None:
+                    self._parked = True
+                    self._added.clear()
+            if due is None:
+                self._added.wait()
+                time.sleep(WRITE_WITHIN)  # what woke it is not due sooner
+            elif time.monotonic() < due:
+                time.sleep(max(0.0, due - time.monotonic()))
+            else:
+                self.write()
