@@ -3,8 +3,8 @@ supervises it.
 
 One thread does the work, as the bare broker loop does: when nothing waits, fetch up to its
 prefetch budget (its one slot's share, ``worker_prefetch_multiplier``); validate; run the jobs
-one at a time; store and acknowledge them in batches, each within a few milliseconds of its
-job's end (``celeriac.worker.child_writer``). It fetches only when free, so a long task holds
+one at a time; store and acknowledge them in batches, each within about 20 ms of its job's
+end (``celeriac.worker.child_writer``). It fetches only when free, so a long task holds
 hostage only the jobs not started of its batch, and the parent has those given back when a
 sibling is idle.
 
@@ -118,8 +118,8 @@ class ChildConsumer(Consumer):
     """A consumer in a prefork child (see the module docstring)."""
 
     pool: ChildPool
-    #: written by the main thread or the result writer (``Unwritten``), once they return: the
-    #: results before a job with follow-ups are stored before it starts
+    #: results are written by the thread that hands them over (the main thread or the result
+    #: writer) before it goes on, so those before a job with follow-ups are stored before it starts
     write_inline = True
 
     def __init__(
