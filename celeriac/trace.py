@@ -68,7 +68,10 @@ def call_task(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> 
     the main thread can receive (threads cannot be interrupted; their limit is not enforced).
     """
     soft = getattr(_loops, "soft", None)
-    with _alarm(soft if not inspect.iscoroutinefunction(task.run) else None):
+    if soft and not inspect.iscoroutinefunction(task.run):
+        with _alarm(soft):
+            value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
+    else:  # no alarm to set: most tasks, and the cost of the check and the context per task
         value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
     if inspect.iscoroutine(value):
         return thread_loop().run_until_complete(_within(value, soft) if soft else value)

@@ -1,10 +1,12 @@
 """The SQLite file and this process's connection to it: opening, transactions, fork safety.
 
 The file runs in WAL mode with ``synchronous=NORMAL``: readers never block the one writer, and
-a commit survives the crash of any process (a power cut may lose the last few). Every write is
-one ``BEGIN IMMEDIATE`` transaction, so writers queue on SQLite's busy timeout instead of
-failing half-way. SQLite is single-host, so the host clock (``time.time()``) is the broker's
-clock for due times and leases.
+a commit survives the crash of any process (a power cut may lose the last few). A write is
+either one statement (``_write_one``: the lock is taken and let go inside one call into
+SQLite, so a thread holding the GIL cannot keep it) or, where a write must read first, one
+``BEGIN IMMEDIATE`` transaction (``_writing``); either way writers queue on SQLite's busy
+timeout instead of failing half-way. SQLite is single-host, so the host clock
+(``time.time()``) is the broker's clock for due times and leases.
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ class Queues(DeadLetters):
         return self.publish_many([(queue, body, due, priority)])[0]
 
     def publish_many(self, items: Iterable[tuple[str, bytes, float | None, int]]) -> list[str]:
-        """Publish ``(queue, body, due, priority)`` items in one transaction."""
+        """Publish ``(queue, body, due, priority)`` items, all or none: one statement (up to
+        ``_ROWS_PER_STATEMENT``) or one transaction."""
         batch = check_messages(items)
         if not batch:
             return []
@@ -231,7 +232,7 @@ class Queues(DeadLetters):
         return self.ack_many([delivery])[0]
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        """Acknowledge several deliveries in one transaction."""
+        """Acknowledge several deliveries, each at once (see ``complete``)."""
         return self.complete([(delivery, None) for delivery in deliveries])
 
     def complete(self, items: Sequence[tuple[Delivery, KeyWrite | None]]) -> list[bool]:
