@@ -28,11 +28,12 @@ from bench import peers_driver
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # benchtasks, as the worker processes import it
 
-#: (pool, concurrency, prefetch multiplier): the default multiplier (4) and a deep one, which
-#: keeps a fetch in flight while the tasks of the previous one run
+#: (pool, concurrency, prefetch multiplier): the default multiplier (4) and a deep one (a
+#: prefork child fetches that many at a time; threads and solo keep a fetch in flight while
+#: the tasks of the previous one run)
 DRAIN_CONFIGS = (
-    ("prefork", 2, 4), ("prefork", 4, 4), ("threads", 4, 4), ("threads", 4, 32),
-    ("solo", 1, 4), ("solo", 1, 64),
+    ("prefork", 2, 4), ("prefork", 4, 4), ("prefork", 2, 16), ("prefork", 4, 16),
+    ("threads", 4, 4), ("threads", 4, 32), ("solo", 1, 4), ("solo", 1, 64),
 )  # fmt: skip
 SCENARIOS = ("throughput", "workflows", "rate_limit")
 
