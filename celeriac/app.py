@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
@@ -299,7 +300,7 @@ class Celeriac:
         serializer = options.get("serializer") or (task and task.serializer)
         body = encode(message, serializer or self.conf.task_serializer)
         signals.before_task_publish.send(sender=name, message=message, body=body)
-        due = message.due_timestamp()
+        due, sent_at = message.due_timestamp(), time.time()
         if options.get("unique"):
             _, published = self.broker.publish_unique(
                 message.queue, body, message.id, due=due, priority=message.priority
@@ -313,7 +314,7 @@ class Celeriac:
         if self.conf.task_send_sent_event:
             from celeriac.events import task_sent  # monitoring: task-sent
 
-            task_sent(self, message)
+            task_sent(self, message, sent_at)
         return AsyncResult(message.id, self, name)
 
     def send_many(self, calls: Iterable[Any]) -> list[AsyncResult[Any]]:
@@ -348,12 +349,13 @@ class Celeriac:
             items.append((message.queue, body, message.due_timestamp(), message.priority))
             results.append(AsyncResult(message.id, self, name))
             built.append(message)
+        sent_at = time.time()
         self.broker.publish_many(items)
         if self.conf.task_send_sent_event:
             from celeriac.events import task_sent  # monitoring: task-sent
 
             for message in built:  # no plain call is made when this is on
-                task_sent(self, message)
+                task_sent(self, message, sent_at)
         return results
 
     @property

@@ -135,8 +135,9 @@ def decode_batch(body: bytes) -> tuple[str, list[Event]]:
     return str(data.get("sender", "")), events
 
 
-def message_event(type: str, message: Message) -> str:
-    """task-sent or task-received for a message, as JSON text (None fields left out)."""
+def message_event(type: str, message: Message, at: float | None = None) -> str:
+    """task-sent or task-received for a message, as JSON text (None fields left out); its
+    timestamp is ``at``, or now."""
     extra = ""
     if message.root_id and message.root_id != message.id:
         extra += f',"root_id":{quote(message.root_id)}'
@@ -147,7 +148,8 @@ def message_event(type: str, message: Message) -> str:
     if message.expires:
         extra += f',"expires":{quote(message.expires.isoformat())}'
     return (
-        f'{{"type":{quote(type)},"timestamp":{time.time()!r},"uuid":{quote(message.id)},'
+        f'{{"type":{quote(type)},"timestamp":{time.time() if at is None else at!r},'
+        f'"uuid":{quote(message.id)},'
         f'"name":{quote(message.task)},"args":{quote(message.argsrepr)},'
         f'"kwargs":{quote(message.kwargsrepr)},"retries":{int(message.retries)},'
         f'"queue":{quote(message.queue)}{extra}}}'
@@ -332,9 +334,12 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def task_sent(app: Celeriac, message: Message) -> None:
-    """Send task-sent for a published message (``task_send_sent_event``)."""
-    sender_for(app).put(message_event("task-sent", message))
+def task_sent(app: Celeriac, message: Message, at: float) -> None:
+    """Send task-sent for a message published from time ``at`` on (``task_send_sent_event``).
+
+    Stamped with when the publish began: a worker can receive the message, and stamp its
+    task-received, before the publish returns."""
+    sender_for(app).put(message_event("task-sent", message, at))
 
 
 def task_progress(

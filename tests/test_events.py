@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,34 @@ def test_task_sent_events_when_asked_for(app: Celeriac) -> None:
     assert sent["type"] == "task-sent" and sent["uuid"] == result.id
     assert (sent["name"], sent["args"], sent["queue"]) == ("proj.add", "(2, 2)", "elsewhere")
     assert sent["eta"] and "root_id" not in sent  # a task that is its own root
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_task_sent_is_stamped_before_the_publish(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch, many: bool
+) -> None:
+    # A worker can receive the message, and stamp task-received, before the publish
+    # returns: task-sent carries the time the publish began, so it sorts first.
+    app.conf.task_send_sent_event = True
+    broker = app.broker
+    name = "publish_many" if many else "publish"
+    publish = getattr(broker, name)
+
+    def slow_publish(*args: object, **kwargs: object) -> object:
+        time.sleep(0.2)
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(broker, name, slow_publish)
+    with EventReceiver(app, history=False) as receiver:
+        before = time.time()
+        if many:
+            [result] = app.send_many([("proj.add", (1, 1), {}, {"countdown": 1})])
+        else:
+            result = app.send_task("proj.add", (1, 1), countdown=1)
+        events = collect(receiver, lambda seen: seen)
+    [sent] = events
+    assert sent["uuid"] == result.id
+    assert before <= sent["timestamp"] < before + 0.1
 
 
 def test_events_sent_after_a_worker_in_this_process_stopped_still_go_out(app: Celeriac) -> None:
