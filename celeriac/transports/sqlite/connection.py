@@ -213,6 +213,15 @@ class SQLiteBase(Transport):
             self._commits += 1
             return cursor
 
+    def _leftovers(self, table: str, column: str) -> list[Any]:
+        """``column`` of the rows a trigger left in this connection's ``table`` (see
+        ``TEMP_SCHEMA``: the items it refused), which are then cleared."""
+        with self._reading() as conn:
+            left = [row[0] for row in conn.execute(f"SELECT {column} FROM {table}")]
+            if left:
+                conn.execute(f"DELETE FROM {table}")
+        return left
+
     def _sweep(self, now: float) -> None:
         """Now and then, drop expired keys and topic rows past their count or age."""
         if now - self._swept < self.sweep_interval:

@@ -36,11 +36,7 @@ class DeadLetters(SQLiteBase):
         # One statement (see ``_write_one``): the trigger of ``burials`` moves the message if
         # the lease holds, and leaves the row behind if not.
         self._write_one("INSERT INTO burials VALUES (?, ?, ?, ?, ?)", row)
-        with self._reading() as conn:
-            refused = conn.execute("SELECT count(*) FROM burials").fetchone()[0]
-            if refused:
-                conn.execute("DELETE FROM burials")
-        return not refused
+        return not self._leftovers("burials", "message")
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""

@@ -261,11 +261,7 @@ class Queues(DeadLetters):
             self._write_one(
                 f"INSERT INTO completions VALUES {marks}", [v for row in chunk for v in row]
             )
-        with self._reading() as conn:
-            left = conn.execute("SELECT item FROM completions").fetchall()
-            if left:
-                conn.execute("DELETE FROM completions")
-        refused.update(item for (item,) in left)
+        refused.update(self._leftovers("completions", "item"))
         self._sweep(now)
         return [item not in refused for item in range(len(items))]
 
