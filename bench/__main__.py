@@ -10,6 +10,7 @@ processes. It writes every figure to a JSON file.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -239,6 +240,10 @@ def main() -> int:
                      f"{', '.join(SCENARIOS)}")  # fmt: skip
     if options.peers and "throughput" not in chosen:
         parser.error("--peers compares drain throughput: include the throughput scenario")
+    # An installed package comes with its bytecode (pip compiles it); an editable checkout
+    # under PYTHONDONTWRITEBYTECODE compiles every module at every start. Compile it once,
+    # so that a worker starts here as it would where celeriac was installed.
+    compileall.compile_dir(HERE.parent / "celeriac", quiet=1)
     results = []
     peers = None
     with tempfile.TemporaryDirectory(prefix="celeriac-bench-") as tmp, ExitStack() as stack:

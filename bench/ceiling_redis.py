@@ -2,9 +2,11 @@
 
 The same commands as celeriac's Redis engine — its Lua scripts, called with EVALSHA, with
 the same batching (one script call per publish one by one, one per 1,000 in bulk; a claim
-of a batch, then one call that acknowledges the batch and stores a result for each) — and
-no framework: no message building, no encoding, no worker. The ratio celeriac/ceiling says
-what the framework costs on top of the broker work.
+of a batch, then one call that acknowledges the batch and stores a result for each), sent
+the way celeriac sends them: packed and read on a redis-py connection, past the client's
+per-command layers (``celeriac/transports/redis/direct.py``) — and no framework: no message
+building, no encoding, no worker. The ratio celeriac/ceiling says what the framework costs
+on top of the broker work.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -22,12 +25,26 @@ PREFIX = "ceiling:"
 BASE = PREFIX + "{q}:"
 
 
-def _scripts(client: redis.Redis) -> dict[str, Any]:
-    lib = engine.LIB
+def _scripts(client: redis.Redis) -> dict[str, Callable[[list[str], list[Any]], Any]]:
+    """The scripts, loaded, each called with one EVALSHA on a connection of its own."""
+    conn = client.connection_pool.get_connection()
+
+    def caller(source: str) -> Callable[[list[str], list[Any]], Any]:
+        sha = client.script_load(engine.LIB + source)
+
+        def call(keys: list[str], args: list[Any]) -> Any:
+            conn.send_packed_command(conn.pack_command("EVALSHA", sha, len(keys), *keys, *args))
+            return conn.read_response()
+
+        return call
+
     return {
-        "publish": client.register_script(lib + engine.PUBLISH),
-        "claim": client.register_script(lib + engine.CLAIM),
-        "complete": client.register_script(lib + engine.COMPLETE),
+        name: caller(source)
+        for name, source in (
+            ("publish", engine.PUBLISH),
+            ("claim", engine.CLAIM),
+            ("complete", engine.COMPLETE),
+        )
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import inspect
@@ -19,6 +18,8 @@ from celeriac.errors import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celeriac.task import Request, Task, pop_request, push_request
 
 if TYPE_CHECKING:
+    import asyncio
+
     from celeriac.message import Message
     from celeriac.result import EagerResult
 
@@ -44,6 +45,8 @@ _loops = threading.local()
 
 def thread_loop() -> asyncio.AbstractEventLoop:
     """This thread's event loop for ``async def`` tasks, made once and kept."""
+    import asyncio  # here: most workers never run a coroutine, and its import is 40 ms
+
     loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
     if loop is None or loop.is_closed():
         loop = _loops.loop = asyncio.new_event_loop()
@@ -80,6 +83,8 @@ def call_task(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> 
 
 async def _within(coro: Coroutine[Any, Any, Any], seconds: float) -> Any:
     """Await ``coro``; past ``seconds`` it is cancelled and SoftTimeLimitExceeded raised."""
+    import asyncio
+
     try:
         async with asyncio.timeout(seconds) as scope:
             return await coro

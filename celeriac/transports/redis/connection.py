@@ -29,7 +29,6 @@ try:
     import redis
     from redis.backoff import ExponentialBackoff
     from redis.cluster import RedisCluster
-    from redis.commands.core import Script
     from redis.connection import ConnectionPool, parse_url
     from redis.exceptions import RedisClusterException, RedisError
     from redis.retry import Retry
@@ -38,7 +37,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "the Redis transport needs redis-py: pip install 'celeriac[redis]'"
     ) from exc
 
-from celeriac.transports.redis import cluster  # after the check above: it needs redis-py
+# after the check above: these need redis-py
+from celeriac.transports.redis import cluster
+from celeriac.transports.redis.direct import AnyScript, Connections, DirectScript
 
 DEFAULT_PREFIX = "celeriac:"
 DEFAULT_SOCKET_TIMEOUT = 10.0
@@ -54,11 +55,17 @@ T = TypeVar("T", bound="RedisBase")
 
 
 class Scripts:
-    """The Lua scripts, registered with one client (redis-py loads them on first use)."""
+    """The Lua scripts, registered with one client (redis-py loads them on first use).
+
+    On a single server they are called straight on a connection (``direct.py``); on a
+    cluster, where redis-py finds each key's node, through redis-py."""
 
     def __init__(self, client: Client) -> None:
-        def load(source: str) -> Script:
-            return client.register_script(scripts.LIB + source)
+        self.direct = None if isinstance(client, RedisCluster) else Connections(client)
+
+        def load(source: str) -> AnyScript:
+            script = client.register_script(scripts.LIB + source)
+            return script if self.direct is None else DirectScript(script, self.direct)
 
         self.publish = load(scripts.PUBLISH)
         self.publish_once = load(scripts.PUBLISH_ONCE)
@@ -265,6 +272,8 @@ class RedisBase(Transport):
         with self._lock:
             if self._redis is not None:
                 self._redis.close()
+            if self._scripts is not None and self._scripts.direct is not None:
+                self._scripts.direct.close()
             self._redis, self._scripts = None, None
             waiters, self._waiter_conns = list(self._waiter_conns), weakref.WeakSet()
             self._waiters = threading.local()

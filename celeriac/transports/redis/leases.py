@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.commands.core import Script
-
 from celeriac.transports.base import (
     Delivery,
     Detail,
@@ -21,6 +19,7 @@ from celeriac.transports.base import (
     check_lease,
 )
 from celeriac.transports.redis.connection import RedisBase, ms, number, translated
+from celeriac.transports.redis.direct import AnyScript
 
 #: Seconds a completion on a cluster holds the lease while it writes results (``complete``).
 COMPLETE_HOLD = 30.0
@@ -123,7 +122,7 @@ class Leases(RedisBase):
         check_lease(lease)
         return self._renew(list(deliveries), lease, self._script().extend)
 
-    def _renew(self, batch: list[Delivery], lease: float, script: Script) -> list[Delivery]:
+    def _renew(self, batch: list[Delivery], lease: float, script: AnyScript) -> list[Delivery]:
         """Run ``script`` (EXTEND, or HOLD) over ``batch``, one call per slot: those held."""
         held: list[int] = []
         for group in self._slot_groups([d.queue for d in batch]) if batch else []:

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.commands.core import Script
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from celeriac.transports.redis.connection import RedisBase
+from celeriac.transports.redis.direct import AnyScript
 
 #: A script call: the script, its keys and its arguments.
-Call = tuple[Script, list[str], list[Any]]
+Call = tuple[AnyScript, list[str], list[Any]]
 
 
 class Wake(RedisBase):
