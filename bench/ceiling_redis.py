@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from celeriac.transports import redis_scripts as engine
+from celeriac.transports.redis.direct import pack
 
 PREFIX = "ceiling:"
 BASE = PREFIX + "{q}:"
@@ -33,7 +34,7 @@ def _scripts(client: redis.Redis) -> dict[str, Callable[[list[str], list[Any]], 
         sha = client.script_load(engine.LIB + source)
 
         def call(keys: list[str], args: list[Any]) -> Any:
-            conn.send_packed_command(conn.pack_command("EVALSHA", sha, len(keys), *keys, *args))
+            conn.send_packed_command(pack(conn, ("EVALSHA", sha, len(keys), *keys, *args)))
             return conn.read_response()
 
         return call

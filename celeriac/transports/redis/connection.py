@@ -194,6 +194,14 @@ class RedisBase(Transport):
             assert scripts is not None
         return scripts
 
+    def _command(self, *command: Any) -> Any:
+        """Run one command: straight on a connection (``direct.py``), or through redis-py
+        on a cluster, which finds the node of its key."""
+        direct = self._script().direct
+        if direct is None:
+            return self._client().execute_command(*command)  # type: ignore[no-untyped-call]
+        return direct.call(command)
+
     def _node(self, key: str) -> redis.Redis:
         """The client of the server that holds ``key``: on a cluster, the node of its slot."""
         client = self._client()

@@ -27,13 +27,13 @@ class Keys(RedisBase):
     def get(self, key: str) -> bytes | None:
         """The value under ``key``, or ``None``."""
         check_name("key", key)
-        return cast(bytes | None, self._client().get(self._key(key)))
+        return cast(bytes | None, self._command("GET", self._key(key)))
 
     @translated
     def delete(self, key: str) -> None:
         """Remove ``key`` if present."""
         check_name("key", key)
-        self._client().delete(self._key(key))
+        self._command("DEL", self._key(key))
 
     @translated
     def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:

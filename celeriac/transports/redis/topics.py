@@ -21,7 +21,7 @@ class Topics(RedisBase):
     def broadcast(self, topic: str, body: bytes) -> None:
         """Append ``body`` to ``topic`` for every current listener."""
         check_topic(topic, body)
-        self._client().publish(self.prefix + "topic:" + topic, body)
+        self._command("PUBLISH", self.prefix + "topic:" + topic, body)
 
     @translated
     def listen(self, topics: Sequence[str]) -> Subscription:
