@@ -49,7 +49,9 @@ class Renewer:
     def __init__(self, broker: Transport, lease: float) -> None:
         self.broker = broker
         self.lease = lease
-        self.leases: dict[str, Delivery] = {}  # lease token -> delivery
+        # lease token -> the delivery, or its fields without the body as the worker sent them
+        # (made a Delivery only when renewed: most are dropped before that)
+        self.leases: dict[str, Delivery | tuple[Any, ...]] = {}
         self.slots: set[Slot] = set()
         # the worker's threads tell it, its own renews; an RLock, as a signal handler of the
         # worker's main thread (SIGQUIT: abandon_running) may come back in
@@ -66,8 +68,7 @@ class Renewer:
             for token in message[2]:
                 self.leases.pop(token, None)
             for d in message[1]:  # Delivery, or its fields without the body (from the worker)
-                delivery = d if isinstance(d, Delivery) else Delivery(d[0], b"", *d[1:])
-                self.leases[delivery.lease] = delivery
+                self.leases[d.lease if isinstance(d, Delivery) else d[2]] = d
         elif kind == "slot":
             self.slots.add(message[1])
         elif kind == "drop":
@@ -78,7 +79,9 @@ class Renewer:
     def renew(self) -> tuple[Any, ...] | None:
         """Renew everything held; forget and report what was lost. None: nothing held."""
         with self._lock:
-            held, slots = list(self.leases.values()), list(self.slots)
+            held = [d if isinstance(d, Delivery) else Delivery(d[0], b"", *d[1:])
+                    for d in self.leases.values()]  # fmt: skip
+            slots = list(self.slots)
         if not held and not slots:
             return None
         started = time.monotonic()
