@@ -52,6 +52,10 @@ def run_engine(
     app.close()
     app.broker.purge("celeriac")
     figures: dict[str, Any] = {"engine": engine, "url": url}
+    if engine == "redis":
+        from bench import machine
+
+        figures["machine"] = machine.mood(url)
     if "throughput" in chosen:
         figures.update(throughput(app, url, engine, tasks, work))
     if "workflows" in chosen:
@@ -257,6 +261,11 @@ def main() -> int:
               f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
               f"{options.tasks:,} tasks, scenarios: {', '.join(chosen)}")  # fmt: skip
     print(header)
+    from bench import machine
+
+    for figures in results:
+        if "machine" in figures:
+            print(machine.line(figures["machine"]))
     print(table(results))
     if peers:
         print(peers_driver.report(peers, results))
