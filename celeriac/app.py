@@ -19,7 +19,7 @@ from celeriac.config import DEFAULT_BROKER_URL, Settings
 from celeriac.errors import ConfigurationError, LimitError, NotRegistered
 from celeriac.limits import check_task_limits, check_unique, concurrency_key
 from celeriac.message import Message, encode
-from celeriac.plain import PlainCalls
+from celeriac.plain import Batch, PlainCalls
 from celeriac.routing import build_message_fields, route_queue
 from celeriac.task import TASK_OPTIONS, Task, current_request
 from celeriac.transports import Transport, open_transport
@@ -330,12 +330,13 @@ class Celeriac:
         items: list[tuple[str, bytes, float | None, int]] = []
         results: list[AsyncResult[Any]] = []
         built: list[Message] = []  # the messages that took the general way
+        batch = Batch(self)
         for call in calls:
             target, args, kwargs, options = _unpack_call(call)
             task = target if isinstance(target, Task) else self.tasks.get(target)
             name = target.name if isinstance(target, Task) else target
             _check_call_arguments(name, args, kwargs)
-            plain = None if options else self._plain.prepare(name, task, args, kwargs)
+            plain = None if options else self._plain.prepare(name, task, args, kwargs, batch)
             if plain is not None:
                 envelope, task_id, body = plain
                 items.append((envelope.queue, body, None, envelope.priority))

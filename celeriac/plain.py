@@ -70,6 +70,18 @@ class Envelope:
         ).encode("utf-8")
 
 
+class Batch:
+    """What the plain calls of one batch (``send_many``) look up once: each task's template,
+    unless a route is a function, which may send each call elsewhere."""
+
+    def __init__(self, app: Celeriac) -> None:
+        routes = app.conf.task_routes
+        self.per_call = callable(routes) or (
+            isinstance(routes, list | tuple) and any(callable(route) for route in routes)
+        )
+        self.found: dict[tuple[str, int], Envelope | None] = {}
+
+
 class PlainCalls:
     """An app's templates, one per task and queue."""
 
@@ -83,6 +95,7 @@ class PlainCalls:
         task: Task[Any, Any] | None,
         args: Any,
         kwargs: dict[str, Any] | None,
+        batch: Batch | None = None,
     ) -> tuple[Envelope, str, bytes] | None:
         """``(envelope, task id, body)`` for a plain call with no options; None: not plain.
 
@@ -91,8 +104,14 @@ class PlainCalls:
             return None
         if signals.after_task_publish or (kwargs and not all(type(k) is str for k in kwargs)):
             return None
-        queue = route_queue(self.app, name, task, args, kwargs, {})
-        envelope = self._envelope(name, task, queue)
+        key = (name, id(task))
+        if batch is not None and key in batch.found:
+            envelope = batch.found[key]
+        else:
+            queue = route_queue(self.app, name, task, args, kwargs, {})
+            envelope = self._envelope(name, task, queue)
+            if batch is not None and not batch.per_call:
+                batch.found[key] = envelope
         if envelope is None:
             return None
         task_id = new_id()

@@ -226,3 +226,25 @@ def test_send_many_mixes_plain_and_general_calls_in_order(app: Celeriac) -> None
     assert [decode(bodies[r.id][0]).args for r in results] == [(1,), (2,), (3,)]
     assert bodies[results[0].id][0] == _general(app, many, results[0].id, (1,), {})
     assert bodies[results[1].id][1] == 9
+
+
+def test_send_many_routes_each_call_by_its_task_and_by_a_router_of_its_arguments(
+    app: Celeriac,
+) -> None:
+    @app.task(name="plain.a", queue="qa")
+    def a(x: int) -> None: ...
+
+    @app.task(name="plain.b")
+    def b(x: int) -> None: ...
+
+    app.send_many([(a, (1,), {}), (b, (2,), {}), (a, (3,), {}), (b, (4,), {})])
+    assert app.broker.size("qa") == 2 and app.broker.size("celeriac") == 2
+
+    def by_parity(name: str, args: list[Any], kwargs: dict[str, Any], options: Any, **_: Any):
+        return {"queue": "odd" if args and args[0] % 2 else "even"} if name == "plain.b" else None
+
+    app.conf.task_routes = [by_parity]
+    app.send_many([(b, (i,), {}) for i in range(5)])
+    for queue, values in (("even", [0, 2, 4]), ("odd", [1, 3])):
+        deliveries = app.broker.fetch([queue], 10)
+        assert sorted(decode(d.body).args[0] for d in deliveries) == values

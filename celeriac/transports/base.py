@@ -353,6 +353,10 @@ class Transport(abc.ABC):
 def check_message(queue: str, body: bytes, due: float | None, priority: int) -> None:
     """Refuse a publish that no engine could store faithfully."""
     check_name("queue", queue)
+    _check_rest(body, due, priority)
+
+
+def _check_rest(body: bytes, due: float | None, priority: int) -> None:
     check_bytes("body", body)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise TypeError(f"priority must be an int, not {type(priority).__name__}")
@@ -366,8 +370,12 @@ def check_messages(
 ) -> list[tuple[str, bytes, float | None, int]]:
     """The ``(queue, body, due, priority)`` items of a batch, each checked before any is sent."""
     batch = list(items)
+    named: set[str] = set()  # queue names checked already: a batch often has one
     for queue, body, due, priority in batch:
-        check_message(queue, body, due, priority)
+        if type(queue) is not str or queue not in named:
+            check_name("queue", queue)
+            named.add(queue)
+        _check_rest(body, due, priority)
     return batch
 
 

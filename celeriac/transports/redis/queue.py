@@ -142,10 +142,15 @@ class Queues(Wake):
         """KEYS and ARGV of the publish script for ``chunk``."""
         keys: list[str] = []
         args: list[Any] = []
+        names: dict[str, tuple[str, list[str]]] = {}  # queue -> its base and its four keys
         for queue, body, due, priority in chunk:
-            base = self._base(queue)
-            keys += [base + "ids", base + "ready", base + "delayed", base + "wake"]
-            args += [base, body, priority, "" if due is None else repr(due * 1000)]
+            found = names.get(queue)
+            if found is None:
+                base = self._base(queue)
+                found = names[queue] = (base, [base + "ids", base + "ready", base + "delayed",
+                                               base + "wake"])  # fmt: skip
+            keys += found[1]
+            args += [found[0], body, priority, "" if due is None else repr(due * 1000)]
         return keys, args
 
     @translated
