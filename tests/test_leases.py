@@ -38,12 +38,12 @@ def test_the_keeper_renews_what_is_held_and_drops_what_ended(
                    broker_transport_options=options)  # fmt: skip
     broker = app.broker
     broker.publish_many([("q", b"kept", None, 0), ("q", b"ended", None, 0)])
-    kept, ended = broker.fetch(["q"], limit=2, lease=LEASE)
-    slot = ("slot:leases", kept.lease)
-    assert broker.acquire_slot(*slot, 1, LEASE) is None
     keeper = LeaseKeeper(app, LEASE, Owner(), helper=helper)
-    keeper.start()
+    keeper.start()  # a helper takes a good part of a second: a worker fetches after it runs
     try:
+        kept, ended = broker.fetch(["q"], limit=2, lease=LEASE)
+        slot = ("slot:leases", kept.lease)
+        assert broker.acquire_slot(*slot, 1, LEASE) is None
         assert keeper.where.startswith("helper process" if helper else "thread")
         keeper.hold([kept, ended])
         keeper.arrived([kept, ended])

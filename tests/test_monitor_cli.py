@@ -258,11 +258,17 @@ def test_events_view_on_a_broker_with_no_workers(tmp_path: Path) -> None:
     failed(run_cli(["-A", "empty", "status", "-t", "0.2"], tmp_path), 1, "no worker replied")
 
 
+def _interruptible() -> None:
+    """Ctrl-C as at a terminal: a suite started in the background (``cmd &``) runs with SIGINT
+    ignored, which its children inherit, and Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_events_exits_cleanly_on_ctrl_c(project: Project) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "celeriac", "-A", "monproj", "events", "--dump"],
         cwd=project.path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=_interruptible,
     )  # fmt: skip
     try:
         assert process.stdout is not None
