@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import peers_driver
+from bench import machine, peers_driver
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # benchtasks, as the worker processes import it
@@ -53,8 +53,6 @@ def run_engine(
     app.broker.purge("celeriac")
     figures: dict[str, Any] = {"engine": engine, "url": url}
     if engine == "redis":
-        from bench import machine
-
         figures["machine"] = machine.mood(url)
     if "throughput" in chosen:
         figures.update(throughput(app, url, engine, tasks, work))
@@ -261,8 +259,6 @@ def main() -> int:
               f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
               f"{options.tasks:,} tasks, scenarios: {', '.join(chosen)}")  # fmt: skip
     print(header)
-    from bench import machine
-
     for figures in results:
         if "machine" in figures:
             print(machine.line(figures["machine"]))

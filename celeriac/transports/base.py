@@ -353,10 +353,11 @@ class Transport(abc.ABC):
 def check_message(queue: str, body: bytes, due: float | None, priority: int) -> None:
     """Refuse a publish that no engine could store faithfully."""
     check_name("queue", queue)
-    _check_rest(body, due, priority)
+    _check_payload(body, due, priority)
 
 
-def _check_rest(body: bytes, due: float | None, priority: int) -> None:
+def _check_payload(body: bytes, due: float | None, priority: int) -> None:
+    """What ``check_message`` checks besides the queue name."""
     check_bytes("body", body)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise TypeError(f"priority must be an int, not {type(priority).__name__}")
@@ -375,7 +376,7 @@ def check_messages(
         if type(queue) is not str or queue not in named:
             check_name("queue", queue)
             named.add(queue)
-        _check_rest(body, due, priority)
+        _check_payload(body, due, priority)
     return batch
 
 

@@ -291,21 +291,22 @@ class ConsumingPool(Pool):
                 os.read(self._wake_r, 64)
             for fd in ready:
                 if fd in pipes:  # one message each: the poll says again if there are more
-                    self._read(pipes[fd], all_sent=False)
+                    self._read_next(pipes[fd])
             for fd in ready:
                 if fd in sentinels:
                     self._reap(sentinels[fd])
 
-    def _read(self, child: ChildState, all_sent: bool = True) -> None:
-        """Apply the next message the child sent, or (``all_sent``) every one so far.
+    def _read_next(self, child: ChildState) -> None:
+        """Apply the next message the child sent (its pipe is readable). The collector reads
+        one per readiness: looking for more costs more than a message (``Connection.poll``
+        builds a selector each time)."""
+        with self._lock, contextlib.suppress(EOFError, OSError):  # died: its sentinel says so
+            child.take(child.conn.recv())
 
-        Looking for more costs more than the message (``poll`` builds a selector each time),
-        so the collector reads one per readiness of the pipe."""
+    def _read(self, child: ChildState) -> None:
+        """Apply every message the child has sent so far."""
         with self._lock:
             try:
-                if not all_sent:
-                    child.take(child.conn.recv())
-                    return
                 while child.conn.poll(0):
                     child.take(child.conn.recv())
             except (EOFError, OSError):

@@ -50,7 +50,7 @@ class Renewer:
         self.broker = broker
         self.lease = lease
         # lease token -> the delivery, or its fields without the body as the worker sent them
-        # (made a Delivery only when renewed: most are dropped before that)
+        # (made a Delivery at its first renewal: most are dropped before that)
         self.leases: dict[str, Delivery | tuple[Any, ...]] = {}
         self.slots: set[Slot] = set()
         # the worker's threads tell it, its own renews; an RLock, as a signal handler of the
@@ -79,8 +79,11 @@ class Renewer:
     def renew(self) -> tuple[Any, ...] | None:
         """Renew everything held; forget and report what was lost. None: nothing held."""
         with self._lock:
-            held = [d if isinstance(d, Delivery) else Delivery(d[0], b"", *d[1:])
-                    for d in self.leases.values()]  # fmt: skip
+            held: list[Delivery] = []
+            for token, d in self.leases.items():
+                if not isinstance(d, Delivery):
+                    d = self.leases[token] = Delivery(d[0], b"", *d[1:])
+                held.append(d)
             slots = list(self.slots)
         if not held and not slots:
             return None

@@ -1,4 +1,5 @@
-"""Script calls straight on a connection, past redis-py's per-command layers.
+"""Script calls and hot commands straight on a connection, past redis-py's per-command
+layers.
 
 redis-py 8 wraps every command in a pool checkout and release, a retry closure, an event
 dispatch and its observability hooks; on the small script calls that publish, claim and
@@ -7,8 +8,9 @@ machine: 190 µs for ``Script.__call__`` against 115 µs for the same EVALSHA se
 a connection). ``DirectScript`` sends the EVALSHA itself, on a connection taken from a stack
 of idle ones (a pop and an append, atomic under the GIL, so threads share them safely), with
 the client's retry policy for connection errors and redis-py's loading of a script the
-server does not know (a restarted Redis forgets them). A script called with a pipeline, and
-every script on a cluster, go through redis-py as before.
+server does not know (a restarted Redis forgets them). ``Connections.call`` also serves the
+engine's GET, DEL and PUBLISH (``RedisBase._command``). A script called with a pipeline, and
+every call on a cluster, go through redis-py as before.
 """
 
 from __future__ import annotations
