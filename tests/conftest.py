@@ -91,6 +91,8 @@ def start_worker_process(tmp_path: Path) -> Iterator[StartWorker]:
     yield start
     for worker in started:
         worker.stop()
+    for worker in started:  # pytest shows a teardown's output only when the test failed
+        print(f"--- {worker.log_path.name} (last 6,000 characters) ---\n{worker.log()[-6000:]}")
 
 
 @pytest.fixture
