@@ -324,8 +324,11 @@ class OutOfMemoryKiller:
         while not self._stop.wait(0.01):
             for pid in (p for w in self.workers for p in _children(w.pid)):
                 if _resident_pages(pid) * page > self.limit:
+                    # The time before the kill: read after it, it may come later than the
+                    # replacement's start when this thread is not scheduled in between.
+                    at = time.time()
                     _signal(pid, signal.SIGKILL)
-                    self.killed[pid] = time.time()
+                    self.killed[pid] = at
 
 
 def _children(pid: int) -> list[int]:

@@ -166,6 +166,19 @@ def test_extend_keeps_the_lease_past_its_first_expiry(transport: Transport) -> N
     assert transport.ack(delivery) is True
 
 
+def test_extend_renews_exactly_the_leases_still_held(transport: Transport) -> None:
+    transport.publish_many([(Q, b"%d" % i, None, 0) for i in range(3)])
+    held, acked, released = transport.fetch([Q], limit=3, lease=0.3)
+    assert transport.ack(acked) and transport.release(released)
+    unknown = Delivery(Q, b"", "999999", "no-such-lease", 1)
+    assert transport.extend([acked, held, unknown, released], 5.0) == [held]
+    again = fetch_one(transport)  # the released one; the held one stays leased past 0.3 s
+    assert again.message_id == released.message_id
+    assert transport.fetch([Q], timeout=0.5) == []
+    assert transport.extend([], 5.0) == []
+    assert transport.ack(held) and transport.ack(again)
+
+
 def test_release_without_reason_does_not_count(make_transport: MakeTransport) -> None:
     transport = make_transport(max_deliveries=2)
     transport.publish(Q, b"again")

@@ -289,9 +289,9 @@ def _hold_gil(seconds: float) -> None:
 def test_a_thread_holding_the_gil_does_not_keep_other_processes_from_writing(
     tmp_path: Path,
 ) -> None:
-    # A worker's fetcher and finisher write while a task of the same process holds the GIL
-    # (the threads pool). No write may keep SQLite's lock across Python code, or the lease
-    # helper process could not renew that worker's leases until the task let go.
+    # A worker's fetcher, finisher and lease checks write while a task of the same process
+    # holds the GIL (the threads pool). No write may keep SQLite's lock across Python code,
+    # or the lease helper process could not renew that worker's leases until the task let go.
     url = f"sqlite:///{tmp_path / 'gil.sqlite3'}"
     transport = open_transport(url)
     transport.publish_many([("work", b"x", None, 0)] * 20_000)
@@ -302,6 +302,7 @@ def test_a_thread_holding_the_gil_does_not_keep_other_processes_from_writing(
     def consume() -> None:
         while not stop.is_set():
             deliveries = transport.fetch(["work"], limit=8, timeout=0.01)
+            assert transport.extend(deliveries, 30.0) == deliveries  # as a worker confirms
             done.extend(
                 transport.complete([(d, (f"r-{d.message_id}", b"ok", None)) for d in deliveries])
             )
@@ -321,3 +322,44 @@ def test_a_thread_holding_the_gil_does_not_keep_other_processes_from_writing(
     assert done and all(done)
     longest = float(out)
     assert longest < 0.3, f"a write of another process waited {longest:.2f} s"
+
+
+def test_opening_a_file_with_its_tables_takes_no_write_lock(tmp_path: Path) -> None:
+    # Creating the tables is a transaction of several statements (see _create_schema): a
+    # process that opens the file while another writes must not queue behind it, nor hold
+    # the lock while its threads run Python code.
+    path = tmp_path / "open.sqlite3"
+    open_transport(f"sqlite:///{path}").publish("q", b"x")
+    with closing(sqlite3.connect(path, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+        late = open_transport(f"sqlite:///{path}", {"busy_timeout": 0.2})
+        assert late.size("q") == 1
+        writer.execute("ROLLBACK")
+
+
+def test_a_file_made_by_a_release_with_fewer_tables_gets_the_missing_ones(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    open_transport(f"sqlite:///{path}").broadcast("events", b"x")
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("DROP TABLE topics")
+        conn.execute("PRAGMA user_version = 0")  # as a file made before the mark
+    transport = open_transport(f"sqlite:///{path}")
+    with transport.listen(["events"]) as subscription:
+        transport.broadcast("events", b"y")
+        assert subscription.get(timeout=1.0) == [("events", b"y")]
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] != 0
+
+
+def test_renewing_leases_holds_the_write_lock_for_one_statement_only(tmp_path: Path) -> None:
+    transport = open_transport(f"sqlite:///{tmp_path / 'renew.sqlite3'}")
+    transport.publish_many([("q", b"x", None, 0)] * 3)
+    deliveries = transport.fetch(["q"], limit=3)
+    assert isinstance(transport, SQLiteTransport)
+    statements: list[str] = []
+    with transport._guard():
+        transport._connection().set_trace_callback(statements.append)
+    assert transport.extend(deliveries, 10.0) == deliveries
+    assert statements and not any("BEGIN" in s for s in statements), statements

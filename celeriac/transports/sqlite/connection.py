@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.parse
 import weakref
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -63,6 +64,31 @@ os.register_at_fork(
     after_in_parent=_release_after_fork,
     after_in_child=_release_after_fork,
 )
+
+
+#: Stored in the file's ``user_version`` once its tables exist: a connection then opens
+#: without taking the write lock. A checksum of the statements, so that a file made by a
+#: release with other tables gets the missing ones (every statement is IF NOT EXISTS).
+_SCHEMA_MARK = zlib.crc32("\n".join((*SCHEMA, *limits.SCHEMA)).encode()) & 0x7FFFFFFF
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables and mark the file, in one transaction.
+
+    It holds the write lock while Python runs between its statements, which another thread
+    of this process holding the GIL (a task, an import) can stretch to seconds, long
+    enough for other workers' leases to lapse; hence only where the mark is missing.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in (*SCHEMA, *limits.SCHEMA):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {_SCHEMA_MARK}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _path_from_url(url: str) -> str:
@@ -136,10 +162,8 @@ class SQLiteBase(Transport):
             conn.execute("PRAGMA synchronous = NORMAL")
             # The claim's small temporary tables would otherwise open a temp file per fetch.
             conn.execute("PRAGMA temp_store = MEMORY")
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in (*SCHEMA, *limits.SCHEMA):
-                conn.execute(statement)
-            conn.execute("COMMIT")
+            if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_MARK:
+                _create_schema(conn)
             for statement in TEMP_SCHEMA:
                 conn.execute(statement)
         except sqlite3.Error as exc:

@@ -55,7 +55,6 @@ _FREE_EXPIRED = f"""
 _CLAIMED = """
     SELECT id, queue, body, priority, deliveries, lease FROM messages
     WHERE state = 'leased' AND lease_until = ? AND lease = ? || id"""
-_EXTEND = "UPDATE messages SET lease_until = :until WHERE id = :id AND lease = :lease"
 #: Rows one statement writes: far below SQLite's limit of 32,766 parameters.
 _ROWS_PER_STATEMENT = 2_000
 _READY_ONE_QUEUE = """SELECT * FROM (
@@ -307,16 +306,27 @@ class Queues(DeadLetters):
         return moved == 1
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[Delivery]:
-        """Renew leases for ``lease`` seconds from now; return those still held."""
+        """Renew leases for ``lease`` seconds from now; return those still held.
+
+        One INSERT into this connection's ``renewals`` table per chunk (see ``complete``):
+        the lock is never held while Python runs, so that a task of this process holding
+        the GIL cannot keep other workers from renewing theirs.
+        """
         check_lease(lease)
-        kept: list[Delivery] = []
-        with self._writing() as conn:
-            until = time.time() + lease
-            for delivery in deliveries:
-                held = held_row(delivery)
-                if held is not None and conn.execute(_EXTEND, {**held, "until": until}).rowcount:
-                    kept.append(delivery)
-        return kept
+        until = time.time() + lease
+        rows: list[tuple[Any, ...]] = []
+        for item, delivery in enumerate(deliveries):
+            held = held_row(delivery)
+            if held is not None:
+                rows.append((item, held["id"], held["lease"], until))
+        refused = set(range(len(deliveries))) - {row[0] for row in rows}
+        for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
+            marks = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+            self._write_one(
+                f"INSERT INTO renewals VALUES {marks}", [v for row in chunk for v in row]
+            )
+        refused.update(self._leftovers("renewals", "item"))
+        return [d for item, d in enumerate(deliveries) if item not in refused]
 
     def size(self, queue: str) -> int:
         """Messages on ``queue`` that are not acknowledged (ready, delayed or leased)."""

@@ -55,11 +55,11 @@ SCHEMA = (
     )""",
 )
 
-# Each connection's own tables, through which one INSERT ends many deliveries: the trigger
-# of each row acknowledges (and stores a result) or buries the message if its lease still
-# holds, and deletes the row; a row left behind names an item refused for a lost lease. One
-# statement is one transaction that takes and lets go of the write lock inside one call into
-# SQLite, with no Python code run in between (see ``SQLiteBase._write_one``).
+# Each connection's own tables, through which one INSERT ends or renews many deliveries: the
+# trigger of each row acknowledges (and stores a result), renews or buries the message if its
+# lease still holds, and deletes the row; a row left behind names an item refused for a lost
+# lease. One statement is one transaction that takes and lets go of the write lock inside
+# one call into SQLite, with no Python code run in between (see ``SQLiteBase._write_one``).
 TEMP_SCHEMA = (
     """CREATE TEMP TABLE IF NOT EXISTS completions (
         item INTEGER, message INTEGER, lease TEXT, key TEXT, value BLOB, expires REAL
@@ -72,6 +72,16 @@ TEMP_SCHEMA = (
             SELECT NEW.key, NEW.value, NEW.expires WHERE NEW.key IS NOT NULL
             ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires;
         DELETE FROM completions WHERE rowid = NEW.rowid;
+    END""",
+    """CREATE TEMP TABLE IF NOT EXISTS renewals (
+        item INTEGER, message INTEGER, lease TEXT, until REAL
+    )""",
+    """CREATE TEMP TRIGGER IF NOT EXISTS renewals_apply AFTER INSERT ON renewals
+    WHEN EXISTS (SELECT 1 FROM messages WHERE id = NEW.message AND lease = NEW.lease)
+    BEGIN
+        -- never earlier: a renewal that waited for the lock may carry an older expiry
+        UPDATE messages SET lease_until = max(lease_until, NEW.until) WHERE id = NEW.message;
+        DELETE FROM renewals WHERE rowid = NEW.rowid;
     END""",
     """CREATE TEMP TABLE IF NOT EXISTS burials (
         message INTEGER, lease TEXT, reason TEXT, dead_at REAL, event TEXT
