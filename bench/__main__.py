@@ -29,11 +29,13 @@ from bench import machine, peers_driver
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # benchtasks, as the worker processes import it
 
-#: (pool, concurrency, prefetch multiplier): the default multiplier (4) and a deep one (a
-#: prefork child fetches that many at a time; threads and solo keep a fetch in flight while
-#: the tasks of the previous one run)
+#: (pool, concurrency, prefetch multiplier): the default multiplier (4) and deeper ones (a
+#: prefork child fetches that many at a time, and a fetch, a result write and a word to the
+#: parent each cost about the same for 64 messages as for 4; threads and solo keep a fetch
+#: in flight while the tasks of the previous one run)
 DRAIN_CONFIGS = (
     ("prefork", 2, 4), ("prefork", 4, 4), ("prefork", 2, 16), ("prefork", 4, 16),
+    ("prefork", 2, 64), ("prefork", 4, 64),
     ("threads", 4, 4), ("threads", 4, 32), ("solo", 1, 4), ("solo", 1, 64),
 )  # fmt: skip
 SCENARIOS = ("throughput", "workflows", "rate_limit")

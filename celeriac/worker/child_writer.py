@@ -23,6 +23,10 @@ from celeriac.worker.pools import Event
 WRITE_AFTER = 0.005
 #: Seconds the oldest unwritten ending may wait while a job runs (the writer thread's bound).
 WRITE_WITHIN = 0.02
+#: Seconds without endings after which the writer thread parks until the next one: under load
+#: it keeps looking every ``WRITE_WITHIN`` instead, as waking a parked thread costs the main
+#: thread more than the thread's looks cost.
+PARK_AFTER = 0.5
 
 
 class Unwritten:
@@ -74,18 +78,26 @@ class Unwritten:
 
     def _loop(self) -> None:
         """Sleep until the oldest ending is due, and write it if it still waits then; park
-        while none waits. It wakes about twice per ``WRITE_WITHIN`` at most, however short the
-        jobs: a wakeup per batch of short jobs would cost a backlog more than the writes."""
+        once none has come for ``PARK_AFTER``. It wakes about twice per ``WRITE_WITHIN`` at
+        most, however short the jobs: a wakeup per batch of short jobs would cost a backlog
+        more than the writes."""
+        last_seen = time.monotonic()
         while not self._closed:
+            now = time.monotonic()
             with self._lock:
                 due = self._since + WRITE_WITHIN if self._events else None
-                if due is None:
+                if due is not None:
+                    last_seen = now
+                park = due is None and now - last_seen >= PARK_AFTER
+                if park:
                     self._parked = True
                     self._added.clear()
             if due is None:
-                self._added.wait()
+                if park:
+                    self._added.wait()  # set by add() (or close()) once parked
+                    last_seen = time.monotonic()
                 time.sleep(WRITE_WITHIN)  # what woke it is not due sooner
-            elif time.monotonic() < due:
+            elif now < due:
                 time.sleep(max(0.0, due - time.monotonic()))
             else:
                 self.write()
