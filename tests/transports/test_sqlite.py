@@ -295,7 +295,7 @@ def test_a_thread_holding_the_gil_does_not_keep_other_processes_from_writing(
     url = f"sqlite:///{tmp_path / 'gil.sqlite3'}"
     transport = open_transport(url)
     transport.publish_many([("work", b"x", None, 0)] * 20_000)
-    probe = run_python(PROBE, url, "5")
+    probe = run_python(PROBE, url, "7.5")
     assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
     stop, done = threading.Event(), []
 
@@ -312,7 +312,7 @@ def test_a_thread_holding_the_gil_does_not_keep_other_processes_from_writing(
     try:
         time.sleep(0.5)
         for _ in range(6):  # each may begin inside a transaction of the consumer's, or not
-            _hold_gil(0.5)
+            _hold_gil(1.0)
             time.sleep(0.05)
     finally:
         stop.set()
@@ -321,7 +321,9 @@ def test_a_thread_holding_the_gil_does_not_keep_other_processes_from_writing(
     assert probe.returncode == 0
     assert done and all(done)
     longest = float(out)
-    assert longest < 0.3, f"a write of another process waited {longest:.2f} s"
+    # A lock kept across Python code would make it wait about a second (a hold of the GIL);
+    # a busy machine alone has delayed one write by 0.3 s here.
+    assert longest < 0.6, f"a write of another process waited {longest:.2f} s"
 
 
 def test_opening_a_file_with_its_tables_takes_no_write_lock(tmp_path: Path) -> None:
