@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from celeriac.errors import TransportError
-from celeriac.transports import open_transport
+from celeriac.transports import Delivery, open_transport
 from celeriac.transports.sqlite import SQLiteTransport, _claim_sql
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -365,3 +365,32 @@ def test_renewing_leases_holds_the_write_lock_for_one_statement_only(tmp_path: P
         transport._connection().set_trace_callback(statements.append)
     assert transport.extend(deliveries, 10.0) == deliveries
     assert statements and not any("BEGIN" in s for s in statements), statements
+
+
+def test_threads_renewing_at_once_each_learn_their_own_lost_leases(tmp_path: Path) -> None:
+    # A refused row stays in the connection's temp table until read back: two threads that
+    # renew at once must not read each other's (a lost lease taken for kept, or the reverse).
+    transport = open_transport(f"sqlite:///{tmp_path / 'race.sqlite3'}")
+    transport.publish_many([("q", b"x", None, 0)] * 4)
+    held_a, gone_a, held_b, gone_b = transport.fetch(["q"], limit=4)
+    assert transport.release(gone_a) and transport.release(gone_b)  # their leases are lost
+    wrong: list[object] = []
+
+    def renew(held: Delivery, gone: Delivery) -> None:
+        for _ in range(1000):
+            kept = transport.extend([gone, held], 30.0)
+            if kept != [held]:
+                wrong.append(kept)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns between any two bytecodes
+    try:
+        threads = [threading.Thread(target=renew, args=pair)
+                   for pair in ((held_a, gone_a), (held_b, gone_b))]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert wrong == []

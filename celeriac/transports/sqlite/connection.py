@@ -11,6 +11,7 @@ timeout instead of failing half-way. SQLite is single-host, so the host clock
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -18,7 +19,7 @@ import time
 import urllib.parse
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -66,6 +67,8 @@ os.register_at_fork(
 )
 
 
+#: Rows one statement writes: far below SQLite's limit of 32,766 parameters.
+ROWS_PER_STATEMENT = 2_000
 #: Stored in the file's ``user_version`` once its tables exist: a connection then opens
 #: without taking the write lock. A checksum of the statements, so that a file made by a
 #: release with other tables gets the missing ones (every statement is IF NOT EXISTS).
@@ -237,14 +240,35 @@ class SQLiteBase(Transport):
             self._commits += 1
             return cursor
 
-    def _leftovers(self, table: str, column: str) -> list[Any]:
-        """``column`` of the rows a trigger left in this connection's ``table`` (see
-        ``TEMP_SCHEMA``: the items it refused), which are then cleared."""
-        with self._reading() as conn:
-            left = [row[0] for row in conn.execute(f"SELECT {column} FROM {table}")]
-            if left:
-                conn.execute(f"DELETE FROM {table}")
-        return left
+    def _through(self, table: str, rows: Sequence[tuple[Any, ...]]) -> set[Any]:
+        """Insert ``rows`` into this connection's ``table`` (see ``TEMP_SCHEMA``), whose
+        trigger applies each row it can and deletes it; the first values of the rows left
+        behind (the items it refused). One statement per ``ROWS_PER_STATEMENT`` rows, each a
+        transaction of its own (see ``_write_one``), and one hold of this process's lock for
+        all of it, so that another thread's refused rows never mix with these.
+        """
+        if not rows:
+            return set()
+        marks = "(" + ", ".join("?" * len(rows[0])) + ")"
+        with self._guard():
+            try:
+                conn = self._connection()
+            except sqlite3.Error as exc:
+                raise TransportError(f"SQLite broker {self.path}: {exc}") from exc
+            try:
+                for first in range(0, len(rows), ROWS_PER_STATEMENT):
+                    chunk = rows[first : first + ROWS_PER_STATEMENT]
+                    conn.execute(f"INSERT INTO {table} VALUES {', '.join([marks] * len(chunk))}",
+                                 [value for row in chunk for value in row])  # fmt: skip
+                    self._commits += 1
+                left = {row[0] for row in conn.execute(f"SELECT * FROM {table}")}
+                if left:
+                    conn.execute(f"DELETE FROM {table}")
+                return left
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):  # what an earlier chunk left behind
+                    conn.execute(f"DELETE FROM {table}")
+                raise TransportError(f"SQLite broker {self.path}: {exc}") from exc
 
     def _sweep(self, now: float) -> None:
         """Now and then, drop expired keys and topic rows past their count or age."""

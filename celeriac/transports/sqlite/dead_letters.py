@@ -33,10 +33,9 @@ class DeadLetters(SQLiteBase):
         """Move a leased message to the dead-letter queue if the lease still holds."""
         entry = event_json(event, reason, deliveries, detail_json)
         row = (held["id"], held["lease"], reason, time.time(), entry)
-        # One statement (see ``_write_one``): the trigger of ``burials`` moves the message if
+        # One statement (see ``_through``): the trigger of ``burials`` moves the message if
         # the lease holds, and leaves the row behind if not.
-        self._write_one("INSERT INTO burials VALUES (?, ?, ?, ?, ?)", row)
-        return not self._leftovers("burials", "message")
+        return not self._through("burials", [row])
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""

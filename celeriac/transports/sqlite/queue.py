@@ -15,7 +15,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celeriac.transports.base import (
@@ -31,6 +31,7 @@ from celeriac.transports.base import (
     check_lease,
     check_messages,
 )
+from celeriac.transports.sqlite.connection import ROWS_PER_STATEMENT
 from celeriac.transports.sqlite.dead_letters import DeadLetters
 from celeriac.transports.sqlite.schema import HISTORY_ADD, PUT, event_json, held_row
 
@@ -55,8 +56,6 @@ _FREE_EXPIRED = f"""
 _CLAIMED = """
     SELECT id, queue, body, priority, deliveries, lease FROM messages
     WHERE state = 'leased' AND lease_until = ? AND lease = ? || id"""
-#: Rows one statement writes: far below SQLite's limit of 32,766 parameters.
-_ROWS_PER_STATEMENT = 2_000
 _READY_ONE_QUEUE = """SELECT * FROM (
     SELECT id, priority FROM messages WHERE state = 'ready' AND queue = ?
     ORDER BY priority DESC, id LIMIT ?)"""
@@ -94,11 +93,11 @@ class Queues(DeadLetters):
 
     def publish_many(self, items: Iterable[tuple[str, bytes, float | None, int]]) -> list[str]:
         """Publish ``(queue, body, due, priority)`` items, all or none: one statement (up to
-        ``_ROWS_PER_STATEMENT``) or one transaction."""
+        ``ROWS_PER_STATEMENT``) or one transaction."""
         batch = check_messages(items)
         if not batch:
             return []
-        if len(batch) > _ROWS_PER_STATEMENT:
+        if len(batch) > ROWS_PER_STATEMENT:
             with self._writing() as conn:
                 return _insert(conn, batch, time.time())
         now = time.time()
@@ -255,12 +254,7 @@ class Queues(DeadLetters):
                 expires = None if ttl is None else now + ttl
             rows.append((item, held["id"], held["lease"], key, value, expires))
         refused = set(range(len(items))) - {row[0] for row in rows}
-        for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
-            marks = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
-            self._write_one(
-                f"INSERT INTO completions VALUES {marks}", [v for row in chunk for v in row]
-            )
-        refused.update(self._leftovers("completions", "item"))
+        refused |= self._through("completions", rows)
         self._sweep(now)
         return [item not in refused for item in range(len(items))]
 
@@ -320,12 +314,7 @@ class Queues(DeadLetters):
             if held is not None:
                 rows.append((item, held["id"], held["lease"], until))
         refused = set(range(len(deliveries))) - {row[0] for row in rows}
-        for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
-            marks = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
-            self._write_one(
-                f"INSERT INTO renewals VALUES {marks}", [v for row in chunk for v in row]
-            )
-        refused.update(self._leftovers("renewals", "item"))
+        refused |= self._through("renewals", rows)
         return [d for item, d in enumerate(deliveries) if item not in refused]
 
     def size(self, queue: str) -> int:
@@ -373,9 +362,3 @@ def _row(
     queue, body, due, priority = message
     when = now if due is None else due
     return queue, body, priority, when, "ready" if when <= now else "delayed"
-
-
-def _chunks(rows: list[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
-    """``rows`` in lists of at most ``size``."""
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
