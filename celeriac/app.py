@@ -20,7 +20,7 @@ from celeriac.errors import ConfigurationError, LimitError, NotRegistered
 from celeriac.limits import check_task_limits, check_unique, concurrency_key
 from celeriac.message import Message, encode
 from celeriac.plain import Batch, PlainCalls
-from celeriac.routing import build_message_fields, route_queue
+from celeriac.routing import build_message_fields, check_call_arguments, route_queue
 from celeriac.task import TASK_OPTIONS, Task, current_request
 from celeriac.transports import Transport, open_transport
 
@@ -288,7 +288,7 @@ class Celeriac:
         """Publish a task by name; returns its AsyncResult. Nothing is sent if encoding fails."""
         from celeriac.result import AsyncResult
 
-        _check_call_arguments(name, args, kwargs)
+        check_call_arguments(name, args, kwargs)
         plain = None if options else self._plain.prepare(name, task, args, kwargs)
         if plain is not None:
             envelope, task_id, body = plain
@@ -335,7 +335,7 @@ class Celeriac:
             target, args, kwargs, options = _unpack_call(call)
             task = target if isinstance(target, Task) else self.tasks.get(target)
             name = target.name if isinstance(target, Task) else target
-            _check_call_arguments(name, args, kwargs)
+            check_call_arguments(name, args, kwargs)
             plain = None if options else self._plain.prepare(name, task, args, kwargs, batch)
             if plain is not None:
                 envelope, task_id, body = plain
@@ -468,15 +468,6 @@ def _check_task_options(options: dict[str, Any]) -> None:
         )
 
 
-def _check_call_arguments(name: Any, args: Any, kwargs: Any) -> None:
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"a task name must be a non-empty string, not {name!r}")
-    if args is not None and (isinstance(args, str | bytes | dict) or not _iterable(args)):
-        raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
-
-
 def _unpack_call(call: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
     """``(target, args, kwargs, options)`` from a tuple or a signature-like mapping."""
     if isinstance(call, dict):
@@ -489,14 +480,6 @@ def _unpack_call(call: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
     raise TypeError(
         f"each call is (task, args, kwargs[, options]) or a signature, not {call!r}"
     )
-
-
-def _iterable(value: Any) -> bool:
-    try:
-        iter(value)
-    except TypeError:
-        return False
-    return True
 
 
 def _import_related(packages: Iterable[str], related_name: str) -> None:

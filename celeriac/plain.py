@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from celeriac import pid, signals
 from celeriac.errors import SerializationError
 from celeriac.message import Message, encode, new_id, short_repr
-from celeriac.routing import route_queue
+from celeriac.result import AsyncResult
+from celeriac.routing import check_call_arguments, route_queue
 from celeriac.serialization import json_text
 from celeriac.task import current_request
 
@@ -75,11 +76,15 @@ class Batch:
     unless a route is a function, which may send each call elsewhere."""
 
     def __init__(self, app: Celeriac) -> None:
-        routes = app.conf.task_routes
-        self.per_call = callable(routes) or (
-            isinstance(routes, list | tuple) and any(callable(route) for route in routes)
-        )
+        self.per_call = _routes_per_call(app.conf.task_routes)
         self.found: dict[tuple[str, int], Envelope | None] = {}
+
+
+def _routes_per_call(routes: Any) -> bool:
+    """Whether ``task_routes`` holds a function, which may route each call elsewhere."""
+    return callable(routes) or (
+        isinstance(routes, list | tuple) and any(callable(route) for route in routes)
+    )
 
 
 class PlainCalls:
@@ -88,6 +93,53 @@ class PlainCalls:
     def __init__(self, app: Celeriac) -> None:
         self.app = app
         self._kept: dict[tuple[str, str], tuple[tuple[Any, ...], Envelope | None]] = {}
+        #: Per task (by id): what it was made from, its envelope and its queue's publisher;
+        #: no envelope when the task's plain calls cannot go this way (``send``).
+        self._ready: dict[int, tuple[tuple[Any, ...], Envelope | None, Any]] = {}
+
+    def send(
+        self, task: Task[Any, Any], args: Any, kwargs: dict[str, Any] | None
+    ) -> AsyncResult[Any] | None:
+        """Publish a plain call of ``task`` from its template with its queue's publisher, the
+        shortest way from ``delay()`` to the broker; None when the call is not plain (nothing
+        is sent), or when the task's route is a function or ``task_always_eager`` is on.
+        """
+        if current_request() is not None or signals.before_task_publish:
+            return None
+        if signals.after_task_publish or (kwargs and not all(type(k) is str for k in kwargs)):
+            return None
+        app = self.app
+        ready = self._ready.get(id(task))
+        if ready is None or ready[0] != self._made_from(task):
+            ready = self._make_ready(task)
+        _, envelope, publish = ready
+        if envelope is None:
+            return None
+        if type(args) is not tuple or (kwargs is not None and type(kwargs) is not dict):
+            check_call_arguments(task.name, args, kwargs)  # delay() passes these types
+        task_id = new_id()
+        try:
+            body = envelope.fill(task_id, tuple(args or ()), kwargs or {})
+        except (SerializationError, UnicodeEncodeError):
+            return None
+        publish(body)
+        return AsyncResult(task_id, app, task.name)
+
+    def _made_from(self, task: Task[Any, Any]) -> tuple[Any, ...]:
+        """What ``send``'s entry for ``task`` depends on: the settings' generation, the
+        process, the broker (closed and opened again, it is another) and the task's options."""
+        app = self.app
+        return (app.conf.generation, pid.current(), app._broker, task.queue, *_options(task))
+
+    def _make_ready(self, task: Task[Any, Any]) -> tuple[tuple[Any, ...], Envelope | None, Any]:
+        conf, envelope, publish = self.app.conf, None, None
+        if not conf.task_always_eager and not _routes_per_call(conf.task_routes):
+            queue = route_queue(self.app, task.name, task, (), {}, {})
+            envelope = self._envelope(task.name, task, queue)
+            if envelope is not None:
+                publish = self.app.broker.publisher(envelope.queue, envelope.priority)
+        ready = self._ready[id(task)] = (self._made_from(task), envelope, publish)
+        return ready
 
     def prepare(
         self,

@@ -25,6 +25,25 @@ CALL_OPTIONS = frozenset({
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]{1,200}$")
 
 
+def check_call_arguments(name: Any, args: Any, kwargs: Any) -> None:
+    """TypeError unless a call names a task and has args a list or tuple, kwargs a dict."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a task name must be a non-empty string, not {name!r}")
+    if args is not None and (isinstance(args, str | bytes | dict) or not iterable(args)):
+        raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+
+
+def iterable(value: Any) -> bool:
+    """Whether ``iter(value)`` works."""
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
 def route_queue(
     app: Celeriac,
     name: str,

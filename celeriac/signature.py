@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Self
 from celeriac import signals
 from celeriac.message import Message, encode
 from celeriac.result import AsyncResult
+from celeriac.routing import iterable
 from celeriac.task import Task
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class Signature(dict[str, Any]):
         name = task.name if isinstance(task, Task) else task
         if not isinstance(name, str) or not name:
             raise TypeError(f"a signature needs a task or a task name, not {task!r}")
-        if args is not None and (isinstance(args, str | bytes | Mapping) or not _iterable(args)):
+        if args is not None and (isinstance(args, str | bytes | Mapping) or not iterable(args)):
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
         if kwargs is not None and not isinstance(kwargs, Mapping):
             raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
@@ -378,11 +379,3 @@ def _checked(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping) or not value.get("task"):
         raise TypeError(f"a callback must be a signature (add.s(...)), not {value!r}")
     return value
-
-
-def _iterable(value: Any) -> bool:
-    try:
-        iter(value)
-    except TypeError:
-        return False
-    return True

@@ -208,6 +208,10 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> AsyncResult[R]:
         """Send the task with options: countdown, eta, expires, queue, priority, task_id, ..."""
+        if not options:  # a plain call: straight from the task's template when it can
+            sent = self.app._plain.send(self, args, kwargs)
+            if sent is not None:
+                return sent
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         return self.app.send_task(self.name, args, kwargs, task=self, **options)

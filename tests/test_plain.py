@@ -100,6 +100,12 @@ def test_a_template_follows_changed_settings_and_task_options(app: Celeriac) -> 
     app.conf.task_routes = {"plain.changing": {"queue": "routed"}}
     changing.delay()
     assert decode(_published(app, "routed")[0]).queue == "routed"
+    changing.queue = "own"
+    changing.delay()
+    assert decode(_published(app, "own")[0]).queue == "own"
+    app.conf.task_always_eager = True
+    assert changing.delay().status == "SUCCESS"  # run here, nothing sent
+    assert app.broker.size("own") == 0
 
 
 def _published_after(app: Celeriac, task: Any) -> bytes:

@@ -70,10 +70,11 @@ Transports open their connections on first use, once per process, and again afte
 from __future__ import annotations
 
 import abc
+import functools
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +158,13 @@ class Transport(abc.ABC):
         self, queue: str, body: bytes, *, due: float | None = None, priority: int = 0
     ) -> str:
         """Put ``body`` on ``queue``; return the message id."""
+
+    def publisher(self, queue: str, priority: int = 0) -> Callable[[bytes], str]:
+        """A function that puts a body on ``queue`` with ``priority``, due now, and returns
+        the message id: for a caller that sends many messages the same way (a task's plain
+        calls). The queue and priority are checked here, once; engines may do more ahead."""
+        check_message(queue, b"", None, priority)
+        return functools.partial(self.publish, queue, priority=priority)
 
     def publish_many(self, items: Iterable[tuple[str, bytes, float | None, int]]) -> list[str]:
         """Publish ``(queue, body, due, priority)`` items; engines batch this."""

@@ -71,6 +71,21 @@ def test_message_ids_are_unique(transport: Transport) -> None:
     assert len(set(ids)) == 10
 
 
+def test_a_publisher_publishes_to_its_queue_at_its_priority(transport: Transport) -> None:
+    urgent, other = transport.publisher(Q, 7), transport.publisher("other")
+    ids = [urgent(b"u1"), other(b"o1"), urgent(b"u2")]
+    transport.publish(Q, b"p9", priority=9)
+    transport.publish(Q, b"p0")
+    deliveries = transport.fetch([Q], limit=10)
+    assert [(d.body, d.priority) for d in deliveries] == [
+        (b"p9", 9), (b"u1", 7), (b"u2", 7), (b"p0", 0),
+    ]  # fmt: skip
+    assert [d.message_id for d in deliveries[1:3]] == [ids[0], ids[2]]
+    [delivery] = transport.fetch(["other"])
+    assert (delivery.body, delivery.message_id, delivery.queue) == (b"o1", ids[1], "other")
+    assert len(set(ids)) == 3
+
+
 def test_fifo_within_a_priority(transport: Transport) -> None:
     transport.publish_many([(Q, b"%d" % i, None, 4) for i in range(10)])
     bodies = [d.body for d in transport.fetch([Q], limit=4)]
@@ -469,6 +484,24 @@ def test_body_must_be_bytes(transport: Transport) -> None:
         transport.publish(Q, "text")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="bytes"):
         transport.publish_many([(Q, b"ok", None, 0), (Q, None, None, 0)])  # type: ignore[list-item]
+    assert transport.size(Q) == 0
+
+
+def test_a_publisher_checks_its_queue_and_priority_at_once_and_each_body(
+    transport: Transport,
+) -> None:
+    with pytest.raises(ValueError, match="priority"):
+        transport.publisher(Q, 10)
+    with pytest.raises(TypeError, match="priority"):
+        transport.publisher(Q, "high")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="queue"):
+        transport.publisher("")
+    with pytest.raises(TypeError, match="queue"):
+        transport.publisher(None)  # type: ignore[arg-type]
+    publish = transport.publisher(Q)
+    for body in ("text", None, bytearray(b"x")):
+        with pytest.raises(TypeError, match="bytes"):
+            publish(body)  # type: ignore[arg-type]
     assert transport.size(Q) == 0
 
 

@@ -4,13 +4,16 @@ forgot them, and every connection closed by ``close()``."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 
+from celeriac import Celeriac
 from celeriac.errors import TransportError
 from celeriac.transports import open_transport
 from celeriac.transports.redis import RedisTransport
@@ -121,3 +124,74 @@ def test_a_reply_that_came_too_late_is_never_read_as_the_next_one(redis_url: str
         assert {b"warm-up", b"second"} <= set(got) <= {b"warm-up", b"late", b"second"}
         assert got[b"second"] == second
     transport.close()
+
+
+def test_a_dropped_connection_is_retried_and_the_message_sent_once(
+    broker: RedisTransport, raw: redis.Redis
+) -> None:
+    publish = broker.publisher(Q)
+    publish(b"before")
+    broker.publish(Q, b"warm-up")
+    killed = raw.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1  # the broker's connection, idle in its stack
+    second = publish(b"after")  # the first attempt meets a closed socket; the retry sends it
+    third = broker.publish(Q, b"again")
+    got = {d.body: d.message_id for d in broker.fetch([Q], limit=10, timeout=1.0)}
+    assert sorted(got) == [b"after", b"again", b"before", b"warm-up"]
+    assert (got[b"after"], got[b"again"]) == (second, third)
+
+
+def test_a_publisher_forgotten_scripts_and_errors(broker: RedisTransport, raw: redis.Redis) -> None:
+    publish = broker.publisher(Q, 3)
+    publish(b"before")
+    raw.script_flush()  # as a server restarted without its scripts
+    publish(b"after")
+    assert sorted((d.body, d.priority) for d in broker.fetch([Q], limit=5, timeout=1.0)) == [
+        (b"after", 3),
+        (b"before", 3),
+    ]
+    stopped = open_transport("redis://127.0.0.1:1/0", {"retries": 0, "socket_timeout": 0.2})
+    with pytest.raises(TransportError, match=r"Redis broker redis://127\.0\.0\.1:1/0"):
+        stopped.publisher(Q)(b"nowhere")
+    stopped.close()
+
+
+def _publish_in_child(publish: Callable[[bytes], str], pipe: Any) -> None:
+    pipe.send(publish(b"from the child"))
+
+
+def test_a_publisher_made_before_a_fork_uses_the_childs_own_connection(
+    broker: RedisTransport, raw: redis.Redis
+) -> None:
+    publish = broker.publisher(Q)
+    here = publish(b"from the parent")
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_publish_in_child, args=(publish, send))
+    child.start()
+    there = receive.recv()
+    child.join(10)
+    assert child.exitcode == 0
+    again = publish(b"from the parent again")  # the parent's connection was left in step
+    got = {d.body: d.message_id for d in broker.fetch([Q], limit=5, timeout=1.0)}
+    assert got == {b"from the parent": here, b"from the child": there,
+                   b"from the parent again": again}  # fmt: skip
+
+
+def test_plain_calls_after_the_app_closed_leave_no_connection_open(
+    no_celeriac_env: None, redis_url: str, raw: redis.Redis
+) -> None:
+    app = Celeriac("direct", broker=redis_url)
+
+    @app.task(name="direct.noop")
+    def noop() -> None: ...
+
+    alone = clients(raw)
+    noop.delay()
+    app.close()
+    assert settle(raw, alone) == alone
+    noop.delay()  # through the broker opened again, not the closed one's publisher
+    app.close()
+    assert settle(raw, alone) == alone
+    assert app.broker.size("celeriac") == 2
+    app.close()

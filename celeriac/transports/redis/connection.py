@@ -101,10 +101,19 @@ def translated(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T
     def wrapper(self: T, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(self, *args, **kwargs)
-        except (RedisError, RedisClusterException) as exc:
-            raise TransportError(f"Redis broker {self.location}: {cluster.explain(exc)}") from exc
+        except REDIS_ERRORS as exc:
+            raise broker_error(self.location, exc) from exc
 
     return wrapper
+
+
+#: What redis-py raises; ``translated`` turns these into ``TransportError``.
+REDIS_ERRORS = (RedisError, RedisClusterException)
+
+
+def broker_error(location: str, exc: Exception) -> TransportError:
+    """The ``TransportError`` for a redis-py error at ``location`` (a URL without password)."""
+    return TransportError(f"Redis broker {location}: {cluster.explain(exc)}")
 
 
 class RedisBase(Transport):

@@ -26,6 +26,7 @@ try:
     from hiredis import pack_command as _pack_command
 except ImportError:  # pragma: no cover - redis-py without its hiredis extra
     _pack_command = None  # type: ignore[assignment]
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 
@@ -40,12 +41,20 @@ class Connections:
 
     def call(self, command: Sequence[Any]) -> Any:
         """Send ``command`` and read its reply, retrying as the client would on a connection
-        error (the connection is dropped first: it may hold half a reply)."""
+        error (the connection is dropped first: it may hold half a reply).
+
+        The first attempt goes without the retry's closures (it nearly always succeeds); a
+        connection error there hands the command to the client's retries, all of them.
+        """
         try:
             conn = self._idle.pop()
         except IndexError:
             conn = self._new()
         try:
+            try:
+                return _exchange(conn, command)
+            except RedisConnectionError:  # the only error the client's retry policy retries
+                conn.disconnect()
             return conn.retry.call_with_retry(
                 lambda: _exchange(conn, command), lambda _error: conn.disconnect()
             )

@@ -17,19 +17,26 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from celeriac.transports.base import (
     DEFAULT_LEASE,
     Delivery,
+    check_bytes,
     check_fetch,
     check_key,
     check_message,
     check_messages,
     check_name,
 )
-from celeriac.transports.redis.connection import message_id, ms, translated
+from celeriac.transports.redis.connection import (
+    REDIS_ERRORS,
+    broker_error,
+    message_id,
+    ms,
+    translated,
+)
 from celeriac.transports.redis.wake import Call, Wake
 
 #: Messages per publish script call; a bulk publish sends its chunks in one transaction.
@@ -56,6 +63,26 @@ class Queues(Wake):
         keys, args = self._publish_args([(queue, body, due, priority)])
         [n] = self._script().publish(keys, args)
         return message_id(queue, n)
+
+    def publisher(self, queue: str, priority: int = 0) -> Callable[[bytes], str]:
+        """``publish`` to one queue at one priority with its keys and checks made ahead: a
+        call is the script's EVALSHA and little else."""
+        check_message(queue, b"", None, priority)
+        if self.is_cluster:
+            return super().publisher(queue, priority)
+        base = self._base(queue)
+        keys = (base + "ids", base + "ready", base + "delayed", base + "wake")
+
+        def publish(body: bytes) -> str:
+            if type(body) is not bytes:
+                check_bytes("body", body)
+            try:
+                [n] = self._script().publish(keys, (base, body, priority, ""))
+            except REDIS_ERRORS as exc:
+                raise broker_error(self.location, exc) from exc
+            return message_id(queue, n)
+
+        return publish
 
     @translated
     def publish_many(self, items: Iterable[Item]) -> list[str]:
