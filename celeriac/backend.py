@@ -5,6 +5,9 @@ One key per task, ``celeriac-task-meta-<id>``, holding the serialized meta dict:
     {"task_id", "status", "result", "traceback", "date_done", "name", "worker",
      "retries", "queue", "args", "kwargs"}      # args/kwargs only with result_extended
 
+``date_done`` is ISO 8601 text in UTC, as Celery stores it (``AsyncResult.date_done`` also
+reads the tagged datetime that earlier versions stored).
+
 The stored bytes are the serializer's content type, a newline, then the data, so a reader
 knows how to decode without trusting anything else. A failure's ``result`` is
 ``{"exc_type", "exc_message", "exc_module"}``: names only, never anything to import.
@@ -114,7 +117,7 @@ class ResultStore:
             "status": state,
             "result": result,
             "traceback": traceback,
-            "date_done": datetime.now(UTC) if state in states.READY_STATES else None,
+            "date_done": datetime.now(UTC).isoformat() if state in states.READY_STATES else None,
         }
         meta.update(extra)
         return meta
@@ -129,7 +132,7 @@ class ResultStore:
                 status=states.FAILURE,
                 result=encode_exception(exc),
                 traceback=format_traceback(exc),
-                date_done=datetime.now(UTC),
+                date_done=datetime.now(UTC).isoformat(),
             )
             return self.encode(failed)
 

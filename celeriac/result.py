@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from celeriac import states
@@ -77,7 +77,14 @@ class AsyncResult(Generic[R]):
     def date_done(self) -> datetime | None:
         """When the task reached a ready state."""
         value = self._get_meta().get("date_done")
-        return value if isinstance(value, datetime) else None
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return None
+        if not isinstance(value, datetime):
+            return None
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
     @property
     def name(self) -> str | None:

@@ -19,6 +19,7 @@ from helpers import wait_until
 
 import celeriac
 from celeriac import Celeriac, TaskError, shared_task, states
+from celeriac.backend import meta_key
 from celeriac.errors import CeleriacError, MessageError, SerializationError
 from celeriac.errors import TimeoutError as CeleriacTimeoutError
 from celeriac.message import decode
@@ -562,6 +563,33 @@ def test_async_result_api_for_a_success(worker_app: Celeriac) -> None:
     result.forget()
     fresh = worker_app.AsyncResult(result.id)
     assert fresh.state == states.PENDING and fresh.result is None
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        ("2026-11-26T08:30:00.250000+00:00", datetime(2026, 11, 26, 8, 30, 0, 250000, UTC)),
+        ("2026-11-26T08:30:00", datetime(2026, 11, 26, 8, 30, tzinfo=UTC)),  # naive: UTC
+        (datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        ("not a date", None),
+        (12345, None),
+        (None, None),
+    ],
+)
+def test_date_done_reads_iso_text_and_the_tagged_datetime_of_earlier_stores(
+    app: Celeriac, stored: Any, expected: datetime | None
+) -> None:
+    meta = {"task_id": "t-1", "status": states.SUCCESS, "result": 1, "date_done": stored}
+    app.results.transport.put(meta_key("t-1"), app.results.encode(meta), None)
+    assert app.AsyncResult("t-1").date_done == expected
+
+
+def test_date_done_is_stored_as_iso_text_as_celery_stores_it(app: Celeriac) -> None:
+    before = datetime.now(UTC)
+    app.results.store("t-2", states.SUCCESS, 4)
+    stored = app.results.get_meta("t-2")["date_done"]
+    assert isinstance(stored, str)
+    assert before <= datetime.fromisoformat(stored) <= datetime.now(UTC)
 
 
 def test_a_remote_builtin_exception_comes_back_typed(worker_app: Celeriac) -> None:
