@@ -78,7 +78,12 @@ class Setting(Generic[T]):
     @overload
     def __get__(self, instance: Settings, owner: type | None = None) -> T: ...
     def __get__(self, instance: Settings | None, owner: type | None = None) -> T | Setting[T]:
-        return self if instance is None else instance._read(self)
+        if instance is None:
+            return self
+        try:  # read on every task by the worker: the value kept since the last change
+            return instance._kept[self.name]  # type: ignore[no-any-return]
+        except KeyError:
+            return instance._read(self)
 
     def __set__(self, instance: Settings, value: Any) -> None:
         instance[self.name] = value
@@ -308,7 +313,7 @@ class Settings(_Table, MutableMapping[str, Any]):
     to read another mapping than ``os.environ``, or ``{}`` to ignore it.
     """
 
-    __slots__ = ("_environ", "_explicit", "_generation", "_own_defaults")
+    __slots__ = ("_environ", "_explicit", "_generation", "_kept", "_own_defaults")
 
     def __init__(
         self,
@@ -322,6 +327,8 @@ class Settings(_Table, MutableMapping[str, Any]):
         self._explicit: dict[str, Any] = {}
         self._generation = 0
         self._own_defaults: dict[str, Any] = {}
+        #: values read since the last change, by name (never those the environment can set)
+        self._kept: dict[str, Any] = {}
         self.update(values, **settings)
 
     # -- reading and writing
@@ -332,6 +339,12 @@ class Settings(_Table, MutableMapping[str, Any]):
             raw = (os.environ if self._environ is None else self._environ).get(setting.env)
             if raw:
                 return setting.coerce(raw, f" (from environment variable {setting.env})")
+            return self._value(setting)  # the environment may change: never kept
+        value = self._kept[setting.name] = self._value(setting)
+        return value
+
+    def _value(self, setting: Setting[T]) -> T:
+        """The value set, else the default."""
         if setting.name in self._explicit:
             return cast(T, self._explicit[setting.name])
         if isinstance(setting.default, list | dict):
@@ -341,19 +354,24 @@ class Settings(_Table, MutableMapping[str, Any]):
             return cast(T, self._own_defaults[setting.name])
         return setting.default
 
+    def _changed(self) -> None:
+        """A value was set or forgotten: a new generation, and nothing kept."""
+        self._generation += 1
+        self._kept.clear()
+
     def __getitem__(self, name: str) -> Any:
         return self._read(lookup(name))
 
     def __setitem__(self, name: str, value: Any) -> None:
         self._explicit[name] = lookup(name).coerce(value)
-        self._generation += 1
+        self._changed()
 
     def __delitem__(self, name: str) -> None:
         """Forget the value set for name, so the default shows again."""
         lookup(name)
         self._explicit.pop(name, None)
         self._own_defaults.pop(name, None)
-        self._generation += 1
+        self._changed()
 
     def __iter__(self) -> Iterator[str]:
         return iter(SETTINGS)
@@ -379,18 +397,18 @@ class Settings(_Table, MutableMapping[str, Any]):
         """Forget every value set, back to defaults (the environment still applies)."""
         self._explicit.clear()
         self._own_defaults.clear()
-        self._generation += 1
+        self._changed()
 
     def popitem(self) -> tuple[str, Any]:
         """Forget one value set and return it; KeyError when none is set."""
-        self._generation += 1
+        self._changed()
         return self._explicit.popitem()
 
     def _set_all(self, rows: Iterable[tuple[Setting[Any], Any, str]]) -> None:
         """Validate every value first, then store them all."""
         parsed = {row.name: row.coerce(value, source) for row, value, source in rows}
         self._explicit.update(parsed)
-        self._generation += 1
+        self._changed()
 
     if not TYPE_CHECKING:  # hidden from mypy, so that a misspelt attribute is a type error
 

@@ -497,3 +497,41 @@ def test_the_generation_changes_with_every_way_of_setting_or_forgetting(conf: Se
     with pytest.raises(ConfigurationError):
         conf.update(task_default_priority="high")  # refused: nothing set, nothing changed
     assert conf.generation == seen[-1]
+
+
+def test_a_value_read_before_a_change_is_never_read_after_it(conf: Settings) -> None:
+    """Reads keep values until the next change: every way of changing one shows at once."""
+    assert conf.task_default_priority == 0
+    conf.task_default_priority = 3
+    assert conf.task_default_priority == 3
+    conf["task_default_priority"] = 4
+    assert conf.task_default_priority == 4
+    conf.update(task_default_priority=5)
+    assert conf.task_default_priority == 5
+    conf.config_from_object({"task_default_priority": 6})
+    assert conf.task_default_priority == conf["task_default_priority"] == 6
+    del conf.task_default_priority
+    assert conf.task_default_priority == 0
+    conf.task_default_priority = 7
+    assert conf.task_default_priority == 7
+    conf.popitem()
+    assert conf.task_default_priority == 0
+    conf.task_default_priority = 8
+    assert conf.task_default_priority == 8
+    conf.clear()
+    assert conf.task_default_priority == 0
+    routes = conf.task_routes = {"a": "q"}
+    assert conf.task_routes == routes
+    conf.beat_schedule["nightly"] = {"task": "t", "schedule": 60.0}  # a default changed in place
+    assert conf.beat_schedule == {"nightly": {"task": "t", "schedule": 60.0}}
+
+
+def test_a_setting_the_environment_can_set_is_read_from_it_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conf = Settings(broker_url="redis://code/0")
+    assert conf.broker_url == "redis://code/0"
+    monkeypatch.setenv("CELERIAC_BROKER_URL", "redis://environment/0")
+    assert conf.broker_url == "redis://environment/0"
+    monkeypatch.delenv("CELERIAC_BROKER_URL")
+    assert conf.broker_url == "redis://code/0"

@@ -18,6 +18,7 @@ import pytest
 from celeriac import Celeriac, SoftTimeLimitExceeded, states
 from celeriac.errors import TaskError
 from celeriac.testing import start_worker
+from celeriac.worker.execute import _short, _summary
 
 POOLS = ["prefork", "threads", "asyncio", "solo"]
 
@@ -144,3 +145,11 @@ def test_a_sync_task_never_blocks_the_loop_of_async_ones(tmp_path: Path) -> None
         assert not blocking.ready()  # the async task finished while the sync one still ran
         assert blocking.get(timeout=20) == 2.0
     app.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, -3, 10**39, 10**50, 1.5, -0.0, float("inf"), True, None, "x" * 300, [1] * 100, {"k": 1}],
+)
+def test_a_results_summary_is_reprlibs_however_it_is_made(value: object) -> None:
+    assert _summary(value) == _short.repr(value)

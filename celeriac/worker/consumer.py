@@ -221,6 +221,7 @@ class Consumer(Endings):
 
     def _accept(self, deliveries: list[Delivery]) -> None:
         """Validate fetched messages; refuse the bad ones, hand the good ones to the pool."""
+        log_received = logger.isEnabledFor(logging.INFO)
         for delivery in deliveries:
             if self.stopping.is_set():
                 self.app.broker.release(delivery)  # fetched as we stopped: give it back
@@ -247,7 +248,8 @@ class Consumer(Endings):
             admitted, slot = self._admit(delivery, message)
             if not admitted:  # rate or concurrency limit: it waits in the broker
                 continue
-            logger.info("Received task: %s[%s]", message.task, message.id)
+            if log_received:
+                logger.info("Received task: %s[%s]", message.task, message.id)
             if self.metrics is not None:
                 self.metrics.received(message.task, delivery.deliveries)
             signals.task_received.send(sender=self, message=message)

@@ -120,6 +120,8 @@ class Endings:
         """Store results, then acknowledge: a result is never lost behind an ack."""
         to_complete: list[tuple[Delivery, KeyWrite | None]] = []
         settled = 0
+        log_successes = logger.isEnabledFor(logging.INFO)
+        results = self.app.results
         for done in batch:
             item = self.inflight.pop(done.job_id, None)
             if item is None:
@@ -128,14 +130,15 @@ class Endings:
             if done.skipped:  # not ours any more: nothing to store or acknowledge
                 settled += 1
                 continue
-            self._log_outcome(item.message, done)
+            if log_successes or done.state != states.SUCCESS:
+                self._log_outcome(item.message, done)
             if self.metrics is not None:
                 self.metrics.finished(item.message.task, done.state, done.runtime)
             if self.task_events is not None:
                 self.task_events.finished(item.message, done)
             write = None
             if done.meta is not None:
-                write = (meta_key(item.message.id), done.meta, self.app.results.expires)
+                write = (meta_key(item.message.id), done.meta, results.expires)
             if self._settle(item, done, write):
                 settled += 1
             else:

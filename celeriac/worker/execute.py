@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 _short = reprlib.Repr()
 _short.maxstring = 200
 _short.maxother = 200
+#: Results whose repr() is reprlib's when it is at most _SHORT_NUMBER characters long.
+_PLAIN = frozenset({int, float, bool, type(None)})
+_SHORT_NUMBER = _short.maxlong
 
 
 @dataclass(slots=True)
@@ -86,7 +89,7 @@ def describe_outcome(
         # canvas: callbacks, next step, chord
         done.redeliver = not after_outcome(app, message, hostname, outcome)
     if outcome.state == states.SUCCESS:
-        done.summary = _short.repr(outcome.result)
+        done.summary = _summary(outcome.result)
     elif outcome.state in (states.FAILURE, states.RETRY):
         done.summary = f"{type(outcome.result).__name__}({safe_str(outcome.result)})"
         done.traceback = outcome.traceback
@@ -98,8 +101,9 @@ def describe_outcome(
         done.reason = str(getattr(outcome.result, "reason", "rejected"))
         done.requeue = outcome.requeue
     if _should_store(app, message, outcome):
-        done.meta = app.results.encode_meta(
-            app.results.build_meta(
+        results = app.results
+        done.meta = results.encode_meta(
+            results.build_meta(
                 message.id,
                 outcome.state,
                 outcome.result,
@@ -108,6 +112,15 @@ def describe_outcome(
             )
         )
     return done
+
+
+def _summary(value: Any) -> str:
+    """A result's repr for the log and events, elided past 200 characters."""
+    if type(value) in _PLAIN:
+        text = repr(value)  # what reprlib writes for these when short, at a fraction of its cost
+        if len(text) <= _SHORT_NUMBER:
+            return text
+    return _short.repr(value)
 
 
 def _should_store(app: Celeriac, message: Message, outcome: Outcome) -> bool:

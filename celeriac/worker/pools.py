@@ -154,6 +154,8 @@ class Pool(abc.ABC):
 def run_job(app: Celeriac, job: Job, hostname: str) -> JobDone:
     """Run one job with its soft time limit."""
     try:
+        if job.soft_time_limit is None:  # most jobs: no limit to set, nor a context to enter
+            return run_message(app, job.job_id, job.message, hostname, job.delivery)
         with soft_time_limit(job.soft_time_limit):
             return run_message(app, job.job_id, job.message, hostname, job.delivery)
     except BaseException as exc:  # a failure outside the task itself still gets a result
