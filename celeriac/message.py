@@ -273,7 +273,7 @@ def _check_ids(m: Message) -> None:
         raise _invalid("id", _ID_TEXT, m.id)
     if not (isinstance(m.task, str) and m.task):
         raise _invalid("task", "a non-empty str", m.task)
-    if m.root_id is not None and not _is_id(m.root_id):
+    if m.root_id is not None and m.root_id != m.id and not _is_id(m.root_id):
         raise _invalid("root_id", f"None or {_ID_TEXT}", m.root_id)
     if m.parent_id is not None and not _is_id(m.parent_id):
         raise _invalid("parent_id", f"None or {_ID_TEXT}", m.parent_id)
@@ -283,10 +283,11 @@ def _check_ids(m: Message) -> None:
 
 def _check_values(m: Message) -> None:
     """Check the scalar fields."""
-    if not (_is_count(m.priority) and m.priority <= MAX_PRIORITY):
-        raise _invalid("priority", f"an int from 0 to {MAX_PRIORITY}", m.priority)
-    if not _is_count(m.retries):
-        raise _invalid("retries", "an int >= 0", m.retries)
+    priority, retries = m.priority, m.retries  # an int: the common case, without a call
+    if not (type(priority) is int or _is_count(priority)) or not 0 <= priority <= MAX_PRIORITY:
+        raise _invalid("priority", f"an int from 0 to {MAX_PRIORITY}", priority)
+    if not (type(retries) is int and retries >= 0) and not _is_count(retries):
+        raise _invalid("retries", "an int >= 0", retries)
     if m.group_index is not None and not _is_count(m.group_index):
         raise _invalid("group_index", "None or an int >= 0", m.group_index)
     if m.eta is not None and not _is_aware(m.eta):
@@ -531,6 +532,7 @@ def _message(
     if not isinstance(delivery, dict) or "routing_key" not in delivery:
         raise _invalid("delivery_info", "an object with a routing_key", delivery)
     get = headers.get
+    eta, expires = get("eta"), get("expires")
     return _filled(  # in the order of Message's fields
         get("id", ""),
         get("task", ""),
@@ -538,8 +540,8 @@ def _message(
         kwargs,
         delivery["routing_key"],
         properties.get("priority", 0),
-        _moment(get("eta"), "eta"),
-        _moment(get("expires"), "expires"),
+        None if eta is None else _moment(eta, "eta"),
+        None if expires is None else _moment(expires, "expires"),
         get("retries", 0),
         get("root_id"),
         get("parent_id"),

@@ -19,6 +19,7 @@ import pytest
 
 from celeriac.errors import MessageError, SerializationError
 from celeriac.message import PROTOCOL_HEADERS, Message, decode, encode
+from celeriac.task import Request
 
 TOKYO = timezone(timedelta(hours=9))
 ACCEPT_ALL = ("json", "msgpack", "pickle")
@@ -543,3 +544,27 @@ def test_binary_body_that_does_not_load_is_undecodable() -> None:
 def test_bad_tag_in_the_body_is_undecodable() -> None:
     tag = {"__type__": "module", "__value__": "os"}
     assert reason(mutated(_set("body/0", [tag]))) == "undecodable"
+
+
+def test_a_request_from_a_message_has_every_field_from_it() -> None:
+    message = Message.new(
+        "tasks.full", (1, [2]), {"k": {"v": 3}}, retries=2, group="g-1", group_index=4,
+        parent_id="p-1", root_id="r-1", eta=datetime(2026, 1, 2, tzinfo=UTC),
+        expires=datetime(2026, 1, 3, tzinfo=UTC), callbacks=[{"task": "cb"}],
+        errbacks=[{"task": "eb"}], chain=[{"task": "next"}], chord={"task": "body"},
+        timelimit=(10.0, 5.0), reply_to="r", shadow="shadowed", ignore_result=True,
+        headers={"custom": 1},
+    )  # fmt: skip
+    delivery = {"routing_key": "celeriac"}
+    request = Request.from_message(message, "w@h", delivery, eager=False)
+    made = {f.name: getattr(request, f.name) for f in dataclasses.fields(Request)}  # all set
+    from_message = {name: value for name, value in made.items() if hasattr(message, name)}
+    assert from_message == {
+        name: list(value) if name == "args" else value
+        for name, value in dataclasses.asdict(message).items()
+        if name in from_message
+    }
+    assert len(from_message) == 24
+    assert (made["hostname"], made["delivery_info"], made["is_eager"]) == ("w@h", delivery, False)
+    assert (made["called_directly"], made["lang"], made["message"]) == (False, "py", message)
+    assert made["args"] is not message.args and made["headers"] is not message.headers

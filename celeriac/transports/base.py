@@ -424,9 +424,12 @@ def check_lease(lease: float) -> None:
 
 
 def check_key(key: str, value: bytes, ttl: float | None) -> None:
-    """Validate the arguments of ``put`` and ``incr``."""
-    check_name("key", key)
-    check_bytes("value", value)
+    """Validate the arguments of ``put`` and ``incr`` (and of each result ``complete`` writes,
+    so the common case costs no calls)."""
+    if type(key) is not str or not key:
+        check_name("key", key)
+    if type(value) is not bytes:
+        check_bytes("value", value)
     if ttl is not None and not 0 < ttl < math.inf:
         raise ValueError(f"ttl must be a positive number of seconds, not {ttl}")
 

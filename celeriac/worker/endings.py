@@ -155,7 +155,6 @@ class Endings:
 
         Returns False when the delivery is left for ``_complete`` (ack + store, atomically).
         """
-        broker = self.app.broker
         if done.redeliver and not item.acked:
             self._redeliver(item)
             return True
@@ -163,6 +162,7 @@ class Endings:
         rejected = done.state == states.REJECTED
         if not (item.acked or retrying or rejected):
             return False
+        broker = self.app.broker
         if write is not None:
             self.app.results.transport.put(*write)
         if item.acked:

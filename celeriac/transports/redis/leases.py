@@ -79,17 +79,24 @@ class Leases(RedisBase):
         """The complete script over ``items`` (of one slot, or all on one server)."""
         keys: list[str] = []
         args: list[Any] = []
+        bases: dict[str, str] = {}  # a batch is mostly of one queue, and of one ttl
+        key_prefix, last_ttl = self._key(""), None
+        ttl_ms: str | int = "0"
         for delivery, write in items:
-            base, n = self._base(delivery.queue), number(delivery.message_id)
-            keys += [base + "leased", base + "m:" + n]
-            if write is None:
-                keys.append(base + "leased")  # a key of the same slot, never written
+            base = bases.get(delivery.queue)
+            if base is None:
+                base = bases[delivery.queue] = self._base(delivery.queue)
+            n = number(delivery.message_id)
+            if write is None:  # the third key: one of the same slot, never written
+                keys += [base + "leased", base + "m:" + n, base + "leased"]
                 args += [n, delivery.lease, "0", "", "0", ""]
                 continue
             key, value, ttl = write
-            keys.append(self._key(key))
-            ttl_ms = "0" if ttl is None else ms(ttl)
-            args += [n, delivery.lease, "1", value, ttl_ms, self._key(key)]
+            if ttl != last_ttl:
+                last_ttl, ttl_ms = ttl, "0" if ttl is None else ms(ttl)
+            name = key_prefix + key
+            keys += [base + "leased", base + "m:" + n, name]
+            args += [n, delivery.lease, "1", value, ttl_ms, name]
         return [bool(done) for done in self._script().complete(keys, args)]
 
     @translated
