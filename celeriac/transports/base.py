@@ -107,6 +107,29 @@ class Delivery:
     priority: int = 0
 
 
+_DELIVERY_SETTERS = tuple(
+    getattr(Delivery, name).__set__
+    for name in ("queue", "body", "message_id", "lease", "deliveries", "priority")
+)
+
+
+def make_delivery(
+    queue: str, body: bytes, message_id: str, lease: str, deliveries: int, priority: int
+) -> Delivery:
+    """``Delivery(...)`` for an engine's fetch, which makes one per message: its slots filled
+    directly, past the frozen dataclass's ``__init__`` (a setattr call per field, twice the
+    cost). The values are the engine's own, already of the right types."""
+    made: Delivery = object.__new__(Delivery)
+    put_queue, put_body, put_id, put_lease, put_deliveries, put_priority = _DELIVERY_SETTERS
+    put_queue(made, queue)
+    put_body(made, body)
+    put_id(made, message_id)
+    put_lease(made, lease)
+    put_deliveries(made, deliveries)
+    put_priority(made, priority)
+    return made
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A message moved to the dead-letter queue, with why and what happened to it."""

@@ -29,6 +29,7 @@ from celeriac.transports.base import (
     check_message,
     check_messages,
     check_name,
+    make_delivery,
 )
 from celeriac.transports.redis.connection import (
     REDIS_ERRORS,
@@ -285,15 +286,12 @@ class Queues(Wake):
 def _claimed(queues: list[str], reply: list[Any]) -> tuple[list[Delivery], float | None]:
     """The deliveries of a claim script's reply, and the seconds until a timer falls due."""
     wait_ms = int(reply[0])
-    deliveries = [
-        Delivery(
-            queue=queues[int(reply[i]) - 1],
-            body=reply[i + 2],
-            message_id=message_id(queues[int(reply[i]) - 1], reply[i + 1]),
-            lease=reply[i + 5].decode(),
-            deliveries=int(reply[i + 4]),
-            priority=int(reply[i + 3]),
+    deliveries = []
+    for i in range(1, len(reply), 6):
+        queue = queues[int(reply[i]) - 1]
+        number, body, lease = reply[i + 1], reply[i + 2], reply[i + 5].decode()
+        made = make_delivery(
+            queue, body, message_id(queue, number), lease, int(reply[i + 4]), int(reply[i + 3])
         )
-        for i in range(1, len(reply), 6)
-    ]
+        deliveries.append(made)
     return deliveries, (None if wait_ms < 0 else wait_ms / 1000)

@@ -30,6 +30,7 @@ from celeriac.transports.base import (
     check_key,
     check_lease,
     check_messages,
+    make_delivery,
 )
 from celeriac.transports.sqlite.connection import ROWS_PER_STATEMENT
 from celeriac.transports.sqlite.dead_letters import DeadLetters
@@ -179,10 +180,7 @@ class Queues(DeadLetters):
             rows = conn.execute(_CLAIMED, (until, token)).fetchall() if claimed else []
             wake_at = None if rows else self._next_timer(conn)
         rows.sort(key=lambda row: (-row[3], row[0]))
-        deliveries = [
-            Delivery(queue=q, body=b, message_id=str(i), lease=lz, deliveries=n, priority=p)
-            for i, q, b, p, n, lz in rows
-        ]
+        deliveries = [make_delivery(q, b, str(i), lz, n, p) for i, q, b, p, n, lz in rows]
         return deliveries, wake_at, (seen, self._commits)
 
     def _reclaim(self, now: float) -> None:
