@@ -226,19 +226,19 @@ def new_id() -> str:
 
 
 #: Values whose repr() is what _REPR would write, when short (checked in short_repr).
-_PLAIN = (int, float, bool, type(None))
+_PLAIN = frozenset({int, float, bool, type(None)})
 
 
 def short_repr(value: Any) -> str:
     """A repr for logs: nested and long parts elided, at most MAX_REPR characters."""
-    if (
-        type(value) is tuple
-        and len(value) <= 8
-        and all(type(item) in _PLAIN or (type(item) is str and len(item) <= 64) for item in value)
-    ):
-        text = repr(value)  # a few plain values: nothing to elide, and reprlib is slow
-        if len(text) <= 100:
-            return text
+    if type(value) is tuple and len(value) <= 8:
+        for item in value:  # a loop: all() over a generator costs as much as the repr
+            if type(item) not in _PLAIN and not (type(item) is str and len(item) <= 64):
+                break
+        else:
+            text = repr(value)  # a few plain values: nothing to elide, and reprlib is slow
+            if len(text) <= 100:
+                return text
     text = _REPR.repr(value)
     return text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
 

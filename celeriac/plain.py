@@ -47,28 +47,44 @@ class Envelope:
             id=task_id, root_id=task_id, correlation_id=task_id, args=(arg,), kwargs={key: 0},
             argsrepr="r" + mark, kwargsrepr="w" + mark,
         )  # fmt: skip
-        text = encode(marked, "json").decode("utf-8").replace("{", "{{").replace("}", "}}")
-        holes = [  # (the marked text, its hole, how often it is there)
-            (task_id, "{0}", 3),  # id, root_id, correlation_id
-            (f'"r{mark}"', "{1}", 1),
-            (f'"w{mark}"', "{2}", 1),
-            (f'["{arg}"],{{{{"{key}":0}}}}', "{3}", 1),  # the body's args and kwargs
+        text = encode(marked, "json").decode("utf-8")
+        holes = [  # (the marked text, the value that fills it, how often it is there)
+            (task_id, 0, 3),  # id, root_id, correlation_id
+            (f'"r{mark}"', 1, 1),
+            (f'"w{mark}"', 2, 1),
+            (f'["{arg}"],{{"{key}":0}}', 3, 1),  # the body's args and kwargs
         ]
-        for marked_text, hole, count in holes:
+        found: list[tuple[int, int, int]] = []  # (where, how long, which value)
+        for marked_text, value, count in holes:
             if text.count(marked_text) != count:
                 raise ValueError(f"the envelope of {sample.task!r} does not hold its marks")
-            text = text.replace(marked_text, hole)
-        self._text = text
+            at = -1
+            for _ in range(count):
+                at = text.index(marked_text, at + 1)
+                found.append((at, len(marked_text), value))
+        #: the text cut at its holes, a hole left as "" in between; where each value goes
+        self._pieces: list[str] = []
+        self._holes: list[tuple[int, int]] = []
+        end = 0
+        for at, length, value in sorted(found):
+            self._pieces += [text[end:at], ""]
+            self._holes.append((len(self._pieces) - 1, value))
+            end = at + length
+        self._pieces.append(text[end:])
 
     def fill(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """The envelope of one call; SerializationError or UnicodeEncodeError if JSON or UTF-8
         cannot carry the arguments."""
-        return self._text.format(
+        values = (
             task_id,
             encode_basestring(short_repr(args)) if args else '"()"',
             encode_basestring(short_repr(kwargs)) if kwargs else '"{}"',
             json_text([args, kwargs])[1:-1],
-        ).encode("utf-8")
+        )
+        pieces = self._pieces.copy()  # joined, a fifth of the cost of str.format on the text
+        for at, value in self._holes:
+            pieces[at] = values[value]
+        return "".join(pieces).encode("utf-8")
 
 
 class Batch:

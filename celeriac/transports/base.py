@@ -8,7 +8,9 @@ Queues with leases
     by the broker's clock; ``None`` means now) and a priority (0-9, 9 most urgent). ``fetch``
     hands out up to ``limit`` deliverable messages (due, not leased), most urgent first, then in
     publish order, each leased to the caller for ``lease`` seconds and with its delivery count
-    raised by one. The holder of a lease ends it with exactly one of:
+    raised by one. ``publisher(queue, priority)`` is ``publish`` bound to one queue and
+    priority, due now, with its checks (and an engine's key names) made once: what a task's
+    plain calls send with. The holder of a lease ends it with exactly one of:
 
     - ``ack``: done, the message is deleted (``complete`` also stores the task's result in
       the same atomic step);

@@ -51,8 +51,9 @@ class Connections:
         except IndexError:
             conn = self._new()
         try:
-            try:
-                return _exchange(conn, command)
+            try:  # _exchange, written out: the frames of a call cost as much as the packing
+                conn.send_packed_command(pack(conn, command))
+                return conn.read_response()
             except RedisConnectionError:  # the only error the client's retry policy retries
                 conn.disconnect()
             return conn.retry.call_with_retry(
