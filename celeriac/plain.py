@@ -14,6 +14,12 @@ on the task, keyword names that are not all strings, or arguments JSON cannot ca
 general way then raises its own, fuller error). A template is kept with what it was made
 from (the settings' generation, the process id in ``origin``, the task's options) and made
 again when any of that changes.
+
+``Task.apply_async`` sends a plain call with ``send``: the task's template and a publisher
+bound to its queue (``Transport.publisher``, its checks and key names made once), kept with
+the broker they were made for; ``send_task`` and ``send_many`` fill templates with
+``prepare``. A task whose route is a function, or ``task_always_eager``, takes the way
+through ``send_task``.
 """
 
 from __future__ import annotations

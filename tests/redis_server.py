@@ -36,12 +36,30 @@ def require_redis_server() -> str:
     return path
 
 
-def free_port() -> int:
-    """A TCP port that nothing listens on right now."""
+#: A Redis Cluster node talks to the others on its port plus this.
+CLUSTER_BUS_OFFSET = 10000
+
+
+def free_port(*, with_cluster_bus: bool = False) -> int:
+    """A TCP port that nothing listens on right now; ``with_cluster_bus``: one that a Redis
+    Cluster node can take, its bus port 10,000 higher (at most 65,535) free as well."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if not with_cluster_bus:
+            return port
+        if port + CLUSTER_BUS_OFFSET <= 65535 and _bindable(port + CLUSTER_BUS_OFFSET):
+            return port
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class RedisServer:
@@ -49,15 +67,22 @@ class RedisServer:
 
     ``appendonly=True`` turns on the append-only file with ``appendfsync always``, for tests
     that restart the server and expect every acknowledged write back. ``unixsocket=True``
-    also listens on a socket in the directory; ``args`` adds raw ``redis-server`` arguments.
+    also listens on a socket in the directory; ``args`` adds raw ``redis-server`` arguments;
+    ``cluster=True`` takes a port whose cluster bus port (10,000 higher) is usable too.
     """
 
     def __init__(
-        self, *, appendonly: bool = False, unixsocket: bool = False, args: tuple[str, ...] = ()
+        self,
+        *,
+        appendonly: bool = False,
+        unixsocket: bool = False,
+        args: tuple[str, ...] = (),
+        cluster: bool = False,
     ) -> None:
         self.executable = require_redis_server()
         self.directory = Path(tempfile.mkdtemp(prefix="celeriac-redis-"))
-        self.port = free_port()
+        self.cluster = cluster  # a cluster node: its bus port must be free too
+        self.port = free_port(with_cluster_bus=cluster)
         self.appendonly = appendonly
         self.socket_path = self.directory / "redis.sock" if unixsocket else None
         self.args = args
@@ -93,7 +118,7 @@ class RedisServer:
                 return self
             if self.started:
                 break
-            self.port = free_port()
+            self.port = free_port(with_cluster_bus=self.cluster)
         tail = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"redis-server did not start on port {self.port}:\n{tail}")
 
@@ -172,7 +197,7 @@ class RedisClusterServers:
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail(message, pytrace=False)
             pytest.skip(message)
-        self.nodes = [RedisServer(args=CLUSTER_ARGS) for _ in range(masters)]
+        self.nodes = [RedisServer(args=CLUSTER_ARGS, cluster=True) for _ in range(masters)]
 
     @property
     def url(self) -> str:
