@@ -225,15 +225,16 @@ def new_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-#: Values whose repr() is what _REPR would write, when short (checked in short_repr).
-_PLAIN = frozenset({int, float, bool, type(None)})
+#: Types whose repr() is what reprlib writes for them, when short (short_repr, and a
+#: task result's summary in the worker).
+PLAIN_TYPES = frozenset({int, float, bool, type(None)})
 
 
 def short_repr(value: Any) -> str:
     """A repr for logs: nested and long parts elided, at most MAX_REPR characters."""
     if type(value) is tuple and len(value) <= 8:
         for item in value:  # a loop: all() over a generator costs as much as the repr
-            if type(item) not in _PLAIN and not (type(item) is str and len(item) <= 64):
+            if type(item) not in PLAIN_TYPES and not (type(item) is str and len(item) <= 64):
                 break
         else:
             text = repr(value)  # a few plain values: nothing to elide, and reprlib is slow

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac import states
 from celeriac.backend import format_traceback, safe_str
 from celeriac.errors import NotRegistered
-from celeriac.message import Message, encode
+from celeriac.message import PLAIN_TYPES, Message, encode
 from celeriac.task import Request
 from celeriac.trace import IGNORED, Outcome, trace_task
 from celeriac.workflow import after_outcome
@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 _short = reprlib.Repr()
 _short.maxstring = 200
 _short.maxother = 200
-#: Results whose repr() is reprlib's when it is at most _SHORT_NUMBER characters long.
-_PLAIN = frozenset({int, float, bool, type(None)})
+#: The longest repr of a plain result that reprlib leaves as it is.
 _SHORT_NUMBER = _short.maxlong
 
 
@@ -116,7 +115,7 @@ def describe_outcome(
 
 def _summary(value: Any) -> str:
     """A result's repr for the log and events, elided past 200 characters."""
-    if type(value) in _PLAIN:
+    if type(value) in PLAIN_TYPES:
         text = repr(value)  # what reprlib writes for these when short, at a fraction of its cost
         if len(text) <= _SHORT_NUMBER:
             return text

@@ -68,9 +68,9 @@ class Queues(Wake):
     def publisher(self, queue: str, priority: int = 0) -> Callable[[bytes], str]:
         """``publish`` to one queue at one priority with its keys and checks made ahead: a
         call is the script's EVALSHA and little else."""
-        check_message(queue, b"", None, priority)
         if self.is_cluster:
             return super().publisher(queue, priority)
+        check_message(queue, b"", None, priority)
         base = self._base(queue)
         keys = (base + "ids", base + "ready", base + "delayed", base + "wake")
 
