@@ -79,6 +79,9 @@ class ConsumingPool(Pool):
         self._ctx = multiprocessing.get_context("fork")
         self._children: list[ChildState] = []
         self._lock = threading.RLock()  # the children and what they hold
+        #: held from a fork until its child is listed, and while a command is forwarded: a
+        #: child forked before a command changed the parent is always sent that command
+        self._forking = threading.Lock()
         self._stopping = self._terminated = False
         self._closed = threading.Event()
         self._counter = 0
@@ -90,7 +93,7 @@ class ConsumingPool(Pool):
     def start(self) -> None:
         """Fork the children; start the collector and the lease renewer."""
         for _ in range(self.concurrency):
-            self._add(self._spawn())
+            self._fork()
         for target, name in ((self._collect, "pool-collector"), (self._renew, "lease-keeper")):
             threading.Thread(target=target, name=name, daemon=True).start()
 
@@ -112,9 +115,12 @@ class ConsumingPool(Pool):
         child.accept = list(self.app.conf.accept_content)
         return child
 
-    def _add(self, child: ChildState) -> None:
-        with self._lock:
-            self._children.append(child)
+    def _fork(self) -> None:
+        """Fork a child and list it, as one step for ``forward``."""
+        with self._forking:
+            child = self._spawn()
+            with self._lock:
+                self._children.append(child)
         os.write(self._wake_w, b"x")
 
     def submit(self, job: Job) -> None:
@@ -189,7 +195,7 @@ class ConsumingPool(Pool):
     def grow(self, count: int) -> None:
         """Fork ``count`` more children."""
         for _ in range(count):
-            self._add(self._spawn())
+            self._fork()
             self.concurrency += 1
 
     def shrink(self, count: int) -> None:
@@ -205,12 +211,13 @@ class ConsumingPool(Pool):
 
     def forward(self, command: tuple[Any, ...]) -> None:
         """Pass a control command to every child (and to the ones forked later: queues)."""
-        if command[0] == "queues":
-            self.queues = list(command[1])
-        with self._lock:
-            children = list(self._children)
-        for child in children:
-            child.send(command)
+        with self._forking:  # not between a fork and its listing (see _fork)
+            if command[0] == "queues":
+                self.queues = list(command[1])
+            with self._lock:
+                children = list(self._children)
+            for child in children:
+                child.send(command)
 
     def held(self, running_only: bool = False) -> list[tuple[int, Inflight, float | None]]:
         """What the children hold (``running_only``: run), for ``inspect``."""
@@ -331,7 +338,7 @@ class ConsumingPool(Pool):
             self.events.put(("lost_held", running, f"{how}, pid {child.process.pid}", process))
         self._release(rest, child)
         if not self._stopping and not child.dismissed:
-            self._add(self._spawn())
+            self._fork()
 
     def _release(self, deliveries: list[Any], child: ChildState, reason: str | None = None) -> None:
         """Give back a gone child's deliveries (and its concurrency slots, once)."""
